@@ -1,0 +1,286 @@
+"""The LightningModule: a backbone, the MD objective, evaluation metrics and the optimiser."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn as nn
+from lightning.pytorch import LightningModule
+
+from mdlm.metrics import NELBO, TokenAccuracy
+from mdlm.objective import (
+    LossWeight,
+    Normalization,
+    check_loss_options,
+    mask_tokens,
+    md_loss,
+    nelbo_sums,
+    suppress_tokens,
+    token_nll,
+)
+from mdlm.optim import lr_factor, parameter_groups
+from mdlm.rng import keyed_uniform
+from mdlm.samplers.base import MaskRatioSampler
+
+#: a backbone factory: called with the vocabulary size, returns a module mapping
+#: ``(input_ids [B, L], attention_mask [B, L] | None) -> logits [B, L, V]``
+BackboneFactory = Callable[[int], nn.Module]
+
+STREAM_EVAL_T = 0xE7A1
+STREAM_EVAL_MASK = 0xE3A5
+GOLDEN_FRACTION = (math.sqrt(5.0) - 1.0) / 2.0
+
+Objective = Literal["masked_diffusion", "output_supervision"]
+
+
+def evaluation_t(index: torch.Tensor, seed: int, eps: float) -> torch.Tensor:
+    r"""Stratified full-range t for evaluation sample ``index``: a randomly shifted Weyl sequence.
+
+    :math:`t_i = \epsilon + (1-\epsilon)\,\{u_0 + i\varphi\}` with :math:`\varphi = (\sqrt5-1)/2` and
+    :math:`u_0` keyed by the seed. Each :math:`t_i` is marginally uniform (unbiased), and every
+    prefix of the sequence covers [eps, 1] evenly (low discrepancy). It depends only on the global
+    sample index, never on batch size, workers or ranks.
+    """
+    u0 = keyed_uniform((seed, STREAM_EVAL_T), device=index.device, dtype=torch.float64)
+    u = torch.frac(u0 + index.to(torch.float64) * GOLDEN_FRACTION)
+    return (eps + (1.0 - eps) * u).to(torch.float32)
+
+
+def _metric_key(loader_name: str) -> str:
+    """ModuleDict key of a loader's metrics (loader names such as ``train`` clash with nn.Module attributes)."""
+    return "split_" + loader_name.replace(".", "_").replace("/", "_")
+
+
+class MaskedDiffusionLM(LightningModule):
+    """Masked diffusion language model.
+
+    Args:
+        backbone: factory called with ``vocab_size``; default: :class:`mdlm.models.Transformer` (``tiny``).
+        vocab_size: size of the token vocabulary including [MASK]; linked from the data module by the CLI.
+        mask_token_id: id of the absorbing [MASK] token; linked from the data module by the CLI.
+        suppress_token_ids: further ids the model may never predict (e.g. a dedicated padding id);
+            [MASK] is always suppressed.
+        objective: ``masked_diffusion`` (t from the sampler callback), or ``output_supervision``
+            (mask exactly the batch's ``query_mask`` positions — the parity label — and train CE on
+            them only: the paper's label-only baseline).
+        loss_weight: ``elbo`` (w(t) = 1/t) or ``none`` (w = 1); see :mod:`mdlm.objective`.
+        normalization: ``batch_tokens`` | ``maskable_tokens`` | ``per_sequence`` | ``masked_tokens``.
+        lr, weight_decay, betas, adam_eps: AdamW settings (peak learning rate).
+        exclude_norms_biases_embeddings: no weight decay on norms, biases and embeddings.
+        warmup_steps, lr_schedule, min_lr_ratio: linear warm-up, then cosine decay to
+            ``min_lr_ratio * lr`` over ``trainer.estimated_stepping_batches``, or constant.
+        eval_seed: seed of evaluation t and masks (keyed by global sample index).
+        eval_eps: floor of the evaluation t range [eval_eps, 1].
+        num_eval_t_bins: number of evaluation-t bins of the NELBO decomposition.
+    """
+
+    def __init__(
+        self,
+        backbone: BackboneFactory | None = None,
+        vocab_size: int = 3,
+        mask_token_id: int = 2,
+        suppress_token_ids: Sequence[int] = (),
+        objective: Objective = "masked_diffusion",
+        loss_weight: LossWeight = "elbo",
+        normalization: Normalization = "maskable_tokens",
+        lr: float = 3e-4,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        adam_eps: float = 1e-8,
+        exclude_norms_biases_embeddings: bool = True,
+        warmup_steps: int = 0,
+        lr_schedule: Literal["cosine", "constant"] = "cosine",
+        min_lr_ratio: float = 0.1,
+        eval_seed: int = 0,
+        eval_eps: float = 1e-3,
+        num_eval_t_bins: int = 10,
+    ) -> None:
+        super().__init__()
+        if not 0 <= mask_token_id < vocab_size:
+            raise ValueError(f"mask_token_id={mask_token_id} is outside the vocabulary [0, {vocab_size})")
+        if objective not in ("masked_diffusion", "output_supervision"):
+            raise ValueError(f"objective={objective!r} must be 'masked_diffusion' or 'output_supervision'")
+        if lr_schedule not in ("cosine", "constant"):
+            raise ValueError(f"lr_schedule={lr_schedule!r} must be 'cosine' or 'constant'")
+        if not 0.0 < eval_eps < 1.0:
+            raise ValueError(f"eval_eps={eval_eps} must lie in (0, 1)")
+        for tok in suppress_token_ids:
+            if not 0 <= tok < vocab_size:
+                raise ValueError(f"suppress_token_ids contains {tok}, outside the vocabulary [0, {vocab_size})")
+        check_loss_options(loss_weight, normalization)
+        self.save_hyperparameters()
+        if backbone is None:
+            from mdlm.models.transformer import Transformer
+
+            self.backbone = Transformer(vocab_size)
+        else:
+            self.backbone = backbone(vocab_size)
+        self.vocab_size = vocab_size
+        self.mask_token_id = mask_token_id
+        self.suppressed = sorted({mask_token_id, *suppress_token_ids})
+        self.objective = objective
+        self.loss_weight = loss_weight
+        self.normalization = normalization
+        self.eval_metrics = nn.ModuleDict()
+        self._eval_names: dict[str, list[str]] = {}
+
+    # ------------------------------------------------------------------ model
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, L, V] of the backbone (no suppression applied)."""
+        return self.backbone(input_ids, attention_mask=attention_mask)
+
+    @property
+    def sampler(self) -> MaskRatioSampler:
+        samplers = self._samplers()
+        if len(samplers) != 1:
+            raise RuntimeError(self._sampler_error(samplers))
+        return samplers[0]
+
+    def _samplers(self) -> list[MaskRatioSampler]:
+        return [cb for cb in self.trainer.callbacks if isinstance(cb, MaskRatioSampler)]
+
+    @staticmethod
+    def _sampler_error(samplers: list[MaskRatioSampler]) -> str:
+        if not samplers:
+            return (
+                "fit with objective='masked_diffusion' needs exactly one mask-ratio sampler callback, found none: "
+                "set `sampler:` in the config (e.g. class_path: mdlm.samplers.Uniform) or pass one in "
+                "Trainer(callbacks=[...])"
+            )
+        return (
+            f"fit needs exactly one mask-ratio sampler callback, found {len(samplers)}: "
+            f"{', '.join(repr(s) for s in samplers)}; keep one (the CLI's `sampler:` key also adds one)"
+        )
+
+    def on_fit_start(self) -> None:
+        if self.objective == "masked_diffusion":
+            samplers = self._samplers()
+            if len(samplers) != 1:
+                raise RuntimeError(self._sampler_error(samplers))
+
+    # ------------------------------------------------------------------ training
+    def _batch_parts(self, batch: dict[str, torch.Tensor]):
+        input_ids = batch["input_ids"]
+        return input_ids, batch.get("maskable"), batch.get("attention_mask")
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        input_ids, maskable, attention_mask = self._batch_parts(batch)
+        B, L = input_ids.shape
+        if self.objective == "output_supervision":
+            query = batch["query_mask"]
+            noisy = torch.where(query, torch.full_like(input_ids, self.mask_token_id), input_ids)
+            nll = token_nll(self(noisy, attention_mask), input_ids, self.suppressed)
+            t = torch.ones(B, device=input_ids.device)
+            loss = md_loss(nll, query, t, query, "none", "masked_tokens")
+            masked = query
+        else:
+            sampler = self.sampler
+            step = self.trainer.fit_loop.epoch_loop.total_batch_idx
+            first = self.global_rank * B
+            total = self.trainer.estimated_stepping_batches
+            progress = self.trainer.global_step / total if math.isfinite(total) and total > 0 else 0.0
+            t = sampler.draw(B, progress, step, first, B * self.trainer.world_size, device=input_ids.device)
+            u = sampler.mask_uniforms((B, L), step, first, device=input_ids.device)
+            noisy, masked = mask_tokens(input_ids, t, self.mask_token_id, u, maskable)
+            nll = token_nll(self(noisy, attention_mask), input_ids, self.suppressed)
+            loss = md_loss(nll, masked, t, maskable, self.loss_weight, self.normalization)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        self.log("train/masked_fraction", masked.float().mean(), on_step=True, on_epoch=False)
+        return loss
+
+    # ------------------------------------------------------------------ evaluation
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        names = {
+            "validate": list(getattr(dm, "val_dataloader_names", None) or ["val"]),
+            "test": list(getattr(dm, "test_dataloader_names", None) or ["test"]),
+        }
+        self._eval_names = names
+        for name in names["validate"] + names["test"]:
+            if _metric_key(name) not in self.eval_metrics:
+                self.eval_metrics[_metric_key(name)] = nn.ModuleDict(
+                    {"nelbo": NELBO(self.hparams.num_eval_t_bins), "label_acc": TokenAccuracy()}
+                )
+
+    def _loader_name(self, stage: str, dataloader_idx: int) -> str:
+        names = self._eval_names.get(stage) or ["val" if stage == "validate" else "test"]
+        if dataloader_idx >= len(names):
+            raise IndexError(
+                f"{stage} dataloader {dataloader_idx} has no name: the data module names {names} "
+                f"(set `val_dataloader_names`/`test_dataloader_names` on it)"
+            )
+        return names[dataloader_idx]
+
+    def _eval_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int, stage: str) -> None:
+        input_ids, maskable, attention_mask = self._batch_parts(batch)
+        B, L = input_ids.shape
+        device = input_ids.device
+        index = batch.get("index")
+        if index is None:  # sequential single-process fallback: position in the evaluation stream
+            index = batch_idx * B + torch.arange(B, device=device)
+        seed, eps = self.hparams.eval_seed, self.hparams.eval_eps
+        t = evaluation_t(index, seed, eps)
+        u = keyed_uniform(
+            (seed, STREAM_EVAL_MASK, index.unsqueeze(1), torch.arange(L, device=device).unsqueeze(0)), device=device
+        )
+        noisy, masked = mask_tokens(input_ids, t, self.mask_token_id, u, maskable)
+        nll = token_nll(self(noisy, attention_mask), input_ids, self.suppressed)
+        maskable_count = maskable.sum(-1) if maskable is not None else torch.full((B,), L, device=device)
+        metrics = self.eval_metrics[_metric_key(self._loader_name(stage, dataloader_idx))]
+        metrics["nelbo"].update(nelbo_sums(nll, masked, t), maskable_count, t)
+        query = batch.get("query_mask")
+        if query is not None:
+            probe = torch.where(query, torch.full_like(input_ids, self.mask_token_id), input_ids)
+            logits = suppress_tokens(self(probe, attention_mask).float(), self.suppressed)
+            metrics["label_acc"].update(logits.argmax(-1), input_ids, query)
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        for name in self._eval_names.get(stage, []):
+            metrics = self.eval_metrics[_metric_key(name)]
+            if metrics["nelbo"].update_count == 0:
+                continue
+            values = {f"{name}/{k}": v.float() for k, v in metrics["nelbo"].compute().items()}
+            if metrics["label_acc"].update_count:
+                values[f"{name}/label_acc"] = metrics["label_acc"].compute().float()
+            prog = {f"{name}/nelbo", f"{name}/label_acc"}
+            self.log_dict({k: v for k, v in values.items() if k in prog}, prog_bar=True, add_dataloader_idx=False)
+            self.log_dict({k: v for k, v in values.items() if k not in prog}, add_dataloader_idx=False)
+            metrics["nelbo"].reset()
+            metrics["label_acc"].reset()
+
+    def validation_step(self, batch, batch_idx, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, batch_idx, dataloader_idx, "validate")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("validate")
+
+    def test_step(self, batch, batch_idx, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, batch_idx, dataloader_idx, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        """One-step denoising: fill every [MASK] of ``input_ids`` with the argmax prediction."""
+        input_ids, _, attention_mask = self._batch_parts(batch)
+        logits = suppress_tokens(self(input_ids, attention_mask).float(), self.suppressed)
+        filled = torch.where(input_ids == self.mask_token_id, logits.argmax(-1), input_ids)
+        return {"input_ids": input_ids, "prediction": filled}
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        hp = self.hparams
+        groups = parameter_groups(self.backbone, hp.weight_decay, hp.exclude_norms_biases_embeddings)
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.adam_eps)
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else 1
+        total = int(total) if math.isfinite(total) else 0
+        if hp.lr_schedule == "cosine" and total <= 0:
+            raise ValueError("lr_schedule='cosine' needs a finite run length: set trainer.max_steps or max_epochs")
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda step: lr_factor(step, hp.warmup_steps, total, hp.lr_schedule, hp.min_lr_ratio),
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,128 @@
+"""Results are data: a callback that writes a run's evaluation history and provenance as JSON.
+
+The file (default ``<log_dir>/metrics.json``) holds::
+
+    {"run": {git commit, config, seed, machine, start time, wall time},
+     "history": [{"step", "epoch", "wall_time_s", <every scalar metric>}, ...]}
+
+and is rewritten after every validation, so an interrupted run keeps what it measured.
+README tables and plots are generated from these files (see ``benchmarks/``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+
+def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
+    """The current git commit (with ``-dirty`` when the tree has changes), or None outside a repo."""
+    try:
+        root = Path(cwd) if cwd else Path(__file__).resolve().parent
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    """What ran the job: platform, CPU count, torch version and threads, accelerator name."""
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+    if torch.cuda.is_available():
+        info["cuda_device"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def _scalar(value: Any) -> float | None:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            return None
+        value = value.item()
+    if isinstance(value, (int, float)):
+        return float(value)
+    return None
+
+
+class MetricsHistory(Callback):
+    """Record every validation's scalar metrics with step and wall time; write JSON on rank 0.
+
+    Args:
+        path: output file; default ``<trainer.log_dir>/metrics.json``.
+    """
+
+    def __init__(self, path: str | None = None) -> None:
+        super().__init__()
+        self.path = path
+        self.history: list[dict[str, Any]] = []
+        self._t0: float | None = None
+        self._started: str | None = None
+
+    def _out_path(self, trainer: Trainer) -> Path:
+        if self.path:
+            return Path(self.path)
+        return Path(trainer.log_dir or ".") / "metrics.json"
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._t0 = time.perf_counter()
+        self._started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        record: dict[str, Any] = {
+            "step": trainer.global_step,
+            "epoch": trainer.current_epoch,
+            "wall_time_s": round(time.perf_counter() - (self._t0 or time.perf_counter()), 3),
+        }
+        for key, value in sorted(trainer.callback_metrics.items()):
+            scalar = _scalar(value)
+            if scalar is not None:
+                record[key] = scalar
+        self.history.append(record)
+        self.write(trainer, pl_module)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.write(trainer, pl_module)
+
+    def write(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        out = self._out_path(trainer)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        config_file = Path(trainer.log_dir or ".") / "config.yaml"
+        run = {
+            "git_commit": git_commit(),
+            "seed": int(os.environ["PL_GLOBAL_SEED"]) if "PL_GLOBAL_SEED" in os.environ else None,
+            "started_at": self._started,
+            "wall_time_s": round(time.perf_counter() - (self._t0 or time.perf_counter()), 3),
+            "global_step": trainer.global_step,
+            "machine": machine_info(),
+            "config": config_file.read_text() if config_file.is_file() else None,
+            "hparams": {k: v for k, v in dict(pl_module.hparams).items() if isinstance(v, (int, float, str, bool, type(None)))},
+        }
+        tmp = out.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({"run": run, "history": self.history}, indent=1))
+        tmp.replace(out)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))

@@ -1,0 +1,25 @@
+"""Mask-ratio samplers: Lightning callbacks that choose t for each training sequence."""
+
+from mdlm.samplers.base import MaskRatioSampler
+from mdlm.samplers.curriculum import Curriculum, LinearCurriculum
+from mdlm.samplers.parity import (
+    ParitySignalOptimal,
+    signal_optimal_point,
+    signal_optimal_window_max,
+    signal_probability,
+)
+from mdlm.samplers.windows import Bins, Fixed, Uniform, Window
+
+__all__ = [
+    "MaskRatioSampler",
+    "Uniform",
+    "Window",
+    "Fixed",
+    "Bins",
+    "Curriculum",
+    "LinearCurriculum",
+    "ParitySignalOptimal",
+    "signal_probability",
+    "signal_optimal_point",
+    "signal_optimal_window_max",
+]

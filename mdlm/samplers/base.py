@@ -1,0 +1,143 @@
+"""The base class of every mask-ratio sampler.
+
+A sampler is a Lightning ``Callback`` that decides the mask ratio t of each training sequence.
+Subclasses override exactly one method, :meth:`MaskRatioSampler.sample`, which maps uniforms
+``u ~ U(0, 1)`` (one per sequence of the batch) and the training progress in [0, 1] to mask ratios
+(inverse-CDF sampling). The base class owns everything else:
+
+- the randomness: ``u`` is a pure function of (seed, micro-batch counter, global sample index)
+  (:mod:`mdlm.rng`), so draws never repeat across ranks, do not depend on workers, and resume
+  exactly from a checkpoint;
+- optional stratification of ``u`` over the global batch: ``u_j = (j + v_j) / G`` for global row
+  j of G (lower variance, same marginal distribution);
+- the floor ``t >= eps`` (default 1e-3) and the ceiling ``t <= 1``;
+- checkpointed state (seed, number of draws) and logging of t (mean, and a TensorBoard histogram).
+
+A user-defined schedule, e.g. t = U[0, 1]^2 (more low mask ratios)::
+
+    class Squared(MaskRatioSampler):
+        def sample(self, u, progress):
+            return u ** 2
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+from mdlm.rng import keyed_uniform
+
+#: stream identifiers folded into the keyed RNG so t and masks use independent numbers
+STREAM_T = 0x7A11
+STREAM_MASK = 0x3A5C
+
+
+def resolve_seed(seed: int | None) -> int:
+    """An explicit seed, else the one `seed_everything` recorded (``PL_GLOBAL_SEED``), else 0."""
+    if seed is not None:
+        return int(seed)
+    return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+
+class MaskRatioSampler(Callback):
+    """Base class: override :meth:`sample` (uniforms and progress -> t).
+
+    Args:
+        eps: floor on t (the 1/t weight and the per-token bound are undefined at t = 0).
+        seed: seed of the keyed RNG; ``None`` takes the run's ``seed_everything`` value.
+        stratified: stratify the uniforms over the global batch.
+        log_every_n_steps: how often t is logged (histogram + mean); 0 disables logging.
+    """
+
+    def __init__(
+        self,
+        eps: float = 1e-3,
+        seed: int | None = None,
+        stratified: bool = False,
+        log_every_n_steps: int = 50,
+    ) -> None:
+        super().__init__()
+        if not 0.0 < eps < 1.0:
+            raise ValueError(f"eps={eps} must lie in (0, 1)")
+        self.eps = float(eps)
+        self._seed_arg = seed
+        self.seed = resolve_seed(seed)
+        self.stratified = bool(stratified)
+        self.log_every_n_steps = int(log_every_n_steps)
+        self.num_draws = 0
+        self.last_t: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ the method to override
+    def sample(self, u: torch.Tensor, progress: float) -> torch.Tensor:
+        """Map uniforms ``u`` (shape [B], in (0, 1)) at training ``progress`` in [0, 1] to t (shape [B])."""
+        raise NotImplementedError(f"{type(self).__name__} must override sample(u, progress)")
+
+    # ------------------------------------------------------------------ machinery
+    def uniforms(
+        self, batch_size: int, step: int, first_index: int = 0, global_batch_size: int | None = None, device=None
+    ) -> torch.Tensor:
+        """The keyed uniforms of one micro-batch: rows ``first_index .. first_index + batch_size - 1``."""
+        index = torch.arange(first_index, first_index + batch_size, device=device)
+        u = keyed_uniform((self.seed, STREAM_T, step, index), device=device, dtype=torch.float64)
+        if self.stratified:
+            g = global_batch_size or batch_size
+            u = (index.to(torch.float64) + u) / g
+        return u
+
+    def draw(
+        self,
+        batch_size: int,
+        progress: float,
+        step: int,
+        first_index: int = 0,
+        global_batch_size: int | None = None,
+        device=None,
+    ) -> torch.Tensor:
+        """t for one micro-batch (float32, in [eps, 1]); counts the draw and remembers it for logging."""
+        u = self.uniforms(batch_size, step, first_index, global_batch_size, device=device)
+        t = self.sample(u, float(min(max(progress, 0.0), 1.0)))
+        t = torch.as_tensor(t, dtype=torch.float64, device=u.device)
+        if t.shape != (batch_size,):
+            raise ValueError(f"{type(self).__name__}.sample returned shape {tuple(t.shape)}, expected ({batch_size},)")
+        t = t.clamp(min=self.eps, max=1.0).to(torch.float32)
+        self.num_draws += 1
+        self.last_t = t.detach()
+        return t
+
+    def mask_uniforms(self, shape: tuple[int, int], step: int, first_index: int = 0, device=None) -> torch.Tensor:
+        """Keyed uniforms for the token masks of one micro-batch (shape [B, L])."""
+        B, L = shape
+        index = torch.arange(first_index, first_index + B, device=device).unsqueeze(1)
+        pos = torch.arange(L, device=device).unsqueeze(0)
+        return keyed_uniform((self.seed, STREAM_MASK, step, index, pos), device=device, dtype=torch.float32)
+
+    def mean(self, progress: float = 0.0, num: int = 100_000) -> float:
+        """Monte-Carlo-free mean of t at ``progress`` via a fine midpoint grid of u (inverse CDF)."""
+        u = (torch.arange(num, dtype=torch.float64) + 0.5) / num
+        t = torch.as_tensor(self.sample(u, progress), dtype=torch.float64).clamp(min=self.eps, max=1.0)
+        return float(t.mean())
+
+    # ------------------------------------------------------------------ callback hooks
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.last_t is None or self.log_every_n_steps <= 0:
+            return
+        if trainer.global_step % self.log_every_n_steps != 0:
+            return
+        pl_module.log("train/t_mean", self.last_t.mean(), on_step=True, on_epoch=False)
+        logger = trainer.logger
+        experiment = getattr(logger, "experiment", None)
+        if trainer.is_global_zero and hasattr(experiment, "add_histogram"):
+            experiment.add_histogram("train/t", self.last_t.float().cpu(), global_step=trainer.global_step)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seed": self.seed, "num_draws": self.num_draws, "stratified": self.stratified, "eps": self.eps}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.seed = int(state_dict["seed"])
+        self.num_draws = int(state_dict["num_draws"])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(eps={self.eps}, seed={self.seed}, stratified={self.stratified})"

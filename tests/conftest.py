@@ -1,0 +1,38 @@
+"""Shared test helpers."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The staged real data beside the repository (``../shared/data``); skip when absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is absent (it ships beside the repo on the project's machines)")
+    return SHARED_DATA
+
+
+def tiny_trainer(tmp_path: Path, **kwargs):
+    """A quiet CPU Trainer for unit tests."""
+    from lightning.pytorch import Trainer
+
+    defaults = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+    )
+    defaults.update(kwargs)
+    return Trainer(**defaults)
