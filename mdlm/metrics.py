@@ -51,7 +51,7 @@ class NELBO(Metric):
     def compute(self) -> dict[str, torch.Tensor]:
         tokens = self.token_count.clamp(min=1)
         nelbo = self.nelbo_sum / tokens
-        out = {"nelbo": nelbo, "ppl": torch.exp(nelbo)}
+        out = {"nelbo": nelbo, "ppl": torch.exp(nelbo), "tokens": self.token_count}
         bins = self.bin_sum / tokens * self.num_bins
         for j in range(self.num_bins):
             out[f"nelbo_bin/{j / self.num_bins:.1f}-{(j + 1) / self.num_bins:.1f}"] = bins[j]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -47,6 +48,11 @@ def evaluation_t(index: torch.Tensor, seed: int, eps: float) -> torch.Tensor:
     u0 = keyed_uniform((seed, STREAM_EVAL_T), device=index.device, dtype=torch.float64)
     u = torch.frac(u0 + index.to(torch.float64) * GOLDEN_FRACTION)
     return (eps + (1.0 - eps) * u).to(torch.float32)
+
+
+def nelbo_has_data(values: dict[str, torch.Tensor]) -> bool:
+    """True when the NELBO metric saw at least one maskable token (on any rank)."""
+    return bool(values["tokens"] > 0)
 
 
 def _metric_key(loader_name: str) -> str:
@@ -238,18 +244,24 @@ class MaskedDiffusionLM(LightningModule):
             metrics["label_acc"].update(logits.argmax(-1), input_ids, query)
 
     def _eval_epoch_end(self, stage: str) -> None:
+        # compute() on every rank for every loader of the stage (it synchronises across ranks, so
+        # no rank may skip it, even one that received no batch); log what has data after the sync
         for name in self._eval_names.get(stage, []):
             metrics = self.eval_metrics[_metric_key(name)]
-            if metrics["nelbo"].update_count == 0:
-                continue
-            values = {f"{name}/{k}": v.float() for k, v in metrics["nelbo"].compute().items()}
-            if metrics["label_acc"].update_count:
-                values[f"{name}/label_acc"] = metrics["label_acc"].compute().float()
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*compute.*before.*update.*")
+                nelbo = metrics["nelbo"].compute()
+                accuracy = metrics["label_acc"].compute()
+            metrics["nelbo"].reset()
+            metrics["label_acc"].reset()
+            values = {}
+            if nelbo_has_data(nelbo):
+                values = {f"{name}/{k}": v.float() for k, v in nelbo.items() if k != "tokens"}
+            if torch.isfinite(accuracy):
+                values[f"{name}/label_acc"] = accuracy.float()
             prog = {f"{name}/nelbo", f"{name}/label_acc"}
             self.log_dict({k: v for k, v in values.items() if k in prog}, prog_bar=True, add_dataloader_idx=False)
             self.log_dict({k: v for k, v in values.items() if k not in prog}, add_dataloader_idx=False)
-            metrics["nelbo"].reset()
-            metrics["label_acc"].reset()
 
     def validation_step(self, batch, batch_idx, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, batch_idx, dataloader_idx, "validate")

@@ -1,0 +1,720 @@
+"""Generic packed-text data module: documents -> tokens (cached once with litdata) -> blocks.
+
+Pipeline
+--------
+``__init__`` checks the sources and loads the tokenizer (the CLI links ``vocab_size`` and
+``mask_token_id`` into the model before ``setup()`` runs). ``prepare_data()`` (Lightning runs it on
+local rank 0) tokenizes every split once and writes it with litdata ``optimize`` into
+``<cache_dir>/tokens/<split>-<key>/``. ``setup()`` locates the caches and the dataloaders build a
+litdata ``StreamingDataset`` + ``TokensLoader(block_size=block_length)`` per call, i.e. after the
+process group exists, so every DDP rank / dataloader worker reads its own share of the blocks.
+
+Cache
+-----
+``key`` is a sha256 of the source files' contents (or the Hugging Face dataset fingerprint), the
+document mode / text column, the tokenizer fingerprint, the token dtype and the chunk size. The
+block length is NOT part of it: blocks are cut when reading, so any ``block_length`` reuses the
+cache. Layout::
+
+    <cache_dir>/
+      tokenizers/bpe-<V>-<key16>/        trained BPE (``tokenizer: "bpe:<V>"``)
+      tokens/<split>-<key16>/            litdata output: index.json, chunk-0-*.bin, mdlm_meta.json
+      tokens/.build-<split>-<key16>-*/   a build in progress: stream.bin, litdata/, scratch/
+
+A build writes into ``.build-*`` (litdata's scratch folders ``DATA_OPTIMIZER_CACHE_FOLDER`` /
+``DATA_OPTIMIZER_DATA_CACHE_FOLDER`` point into it, not to the system temp folder) and is renamed
+to ``<split>-<key16>`` only when complete, so an interrupted run never leaves a half cache (a killed
+run leaves a ``.build-*`` folder that is never read and may be deleted).
+
+Tokens are stored as ``uint16`` when ``len(tokenizer) <= 65536`` (else ``uint32``) and cast to
+``torch.long`` by the collate function. Every chunk holds exactly ``chunk_tokens`` tokens (the last
+one fewer); ``TokensLoader`` cuts blocks inside a chunk, so nothing is lost at chunk borders when
+``block_length`` divides ``chunk_tokens`` (the default 6,451,200 = 2^12·3^2·5^2·7 is divisible by
+150, 128, 256, 512, 1024, 2048, 4096, ...); otherwise the tokens lost at chunk borders are counted
+and reported with a warning.
+
+Reading
+-------
+* train: shuffled (chunks and blocks inside a chunk, full permutation, seeded with ``seed`` and
+  the epoch). Under DDP litdata gives every rank the same number of blocks (``drop_last``: at most
+  ``world_size * num_workers * batch_size - 1`` blocks per epoch are left out).
+* val/test: in stream order, no shuffle, nothing dropped: every full block is read exactly once
+  over all ranks and workers (under DDP the last rank may get one batch more). The last
+  ``num_tokens % block_length`` tokens of a split (fewer than one block) are not read; their count
+  is logged.
+
+Batches: ``{"input_ids": LongTensor[B, L], "index": LongTensor[B]}``, where ``index`` is the
+global block index (stable across ranks and workers; evaluation randomness can be keyed on it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningDataModule
+from litdata import StreamingDataLoader, StreamingDataset, TokensLoader
+from litdata.streaming.sampler import ChunkedIndex
+
+from mdlm.data.packing import DOCUMENT_MODES, batched, count_blocks, iter_line_documents, pack_documents, text_lines
+from mdlm.data.tokenizer import (
+    TokenizerError,
+    load_tokenizer,
+    parse_bpe_spec,
+    tokenizer_fingerprint,
+    train_bpe_tokenizer,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CHUNK_TOKENS", "BlockDataset", "DataError", "SplitSource", "TextDataModule", "collate_blocks", "default_cache_dir"]
+
+SPLITS = ("train", "val", "test")
+#: tokens per litdata chunk: 2^12 * 3^2 * 5^2 * 7, divisible by the usual block lengths.
+CHUNK_TOKENS = 6_451_200
+CACHE_FORMAT = 1
+META_FILE = "mdlm_meta.json"
+TEXT_SUFFIXES_JSONL = (".jsonl", ".json")
+TEXT_SUFFIXES_PARQUET = (".parquet",)
+_TOKENIZE_BATCH = 256
+_STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}
+
+
+class DataError(ValueError):
+    """Bad data configuration or input (one-line message naming what is wrong)."""
+
+
+def default_cache_dir() -> Path:
+    """``$MDLM_CACHE_DIR`` or ``~/.cache/mdlm``."""
+    return Path(os.environ.get("MDLM_CACHE_DIR") or Path.home() / ".cache" / "mdlm").expanduser()
+
+
+def _one_line(text: Any, limit: int = 200) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+_SHA_MEMO: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes (memoized per path, size and mtime within the process)."""
+    st = path.stat()
+    memo_key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if memo_key not in _SHA_MEMO:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _SHA_MEMO[memo_key] = h.hexdigest()
+    return _SHA_MEMO[memo_key]
+
+
+@dataclass
+class SplitSource:
+    """Where one split's text comes from: local files or a Hugging Face dataset split."""
+
+    split: str
+    files: tuple[Path, ...] = ()
+    hf_path: str | None = None
+    hf_name: str | None = None
+    hf_split: str | None = None
+    text_column: str = "text"
+    documents: str = "file"
+    _hf_dataset: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def is_hf(self) -> bool:
+        return self.hf_path is not None
+
+    def describe(self) -> str:
+        if self.is_hf:
+            cfg = f", {self.hf_name}" if self.hf_name else ""
+            return f"Hugging Face {self.hf_path}{cfg} [{self.hf_split}]"
+        return ", ".join(str(f) for f in self.files)
+
+    # -- Hugging Face -------------------------------------------------------------------------
+    def hf_dataset(self) -> Any:
+        if self._hf_dataset is None:
+            self._hf_dataset = load_hf_split(self.hf_path, self.hf_name, self.hf_split)
+            if self.text_column not in self._hf_dataset.column_names:
+                raise DataError(
+                    f"Hugging Face dataset {self.hf_path!r} [{self.hf_split}] has no column {self.text_column!r} "
+                    f"(columns: {', '.join(self._hf_dataset.column_names)}); set text_column"
+                )
+        return self._hf_dataset
+
+    # -- identity -----------------------------------------------------------------------------
+    def identity(self) -> dict[str, Any]:
+        """What the tokens depend on (besides the tokenizer): content hashes, not paths."""
+        ident: dict[str, Any] = {"documents": self.documents, "text_column": self.text_column}
+        if self.is_hf:
+            ds = self.hf_dataset()
+            ident["hf"] = [self.hf_path, self.hf_name, self.hf_split, getattr(ds, "_fingerprint", None)]
+        else:
+            ident["files"] = [[f.suffix.lower(), file_sha256(f)] for f in self.files]
+        return ident
+
+    # -- documents ----------------------------------------------------------------------------
+    def iter_records(self) -> Iterator[tuple[str, str]]:
+        """(where, text) per record: a whole plain-text file, or one JSONL/parquet/HF row."""
+        if self.is_hf:
+            ds = self.hf_dataset().select_columns([self.text_column])
+            row = 0
+            for batch in ds.iter(batch_size=1000):
+                for text in batch[self.text_column]:
+                    where = f"{self.describe()} row {row}"
+                    yield where, _check_text(text, where, self.text_column)
+                    row += 1
+            return
+        for path in self.files:
+            suffix = path.suffix.lower()
+            if suffix in TEXT_SUFFIXES_JSONL:
+                yield from _iter_jsonl(path, self.text_column)
+            elif suffix in TEXT_SUFFIXES_PARQUET:
+                yield from _iter_parquet(path, self.text_column)
+            else:
+                try:
+                    yield str(path), path.read_text(encoding="utf-8")
+                except UnicodeDecodeError as err:
+                    raise DataError(f"{path} is not UTF-8 text ({_one_line(err)})") from err
+
+    def iter_documents(self) -> Iterator[str]:
+        """The split's documents (see :mod:`mdlm.data.packing`), in source order, streaming.
+
+        Plain-text files are read line by line except in ``"file"`` mode. With ``"wikitext"`` the
+        records of a JSONL/parquet/HF source are treated as consecutive lines of one raw text
+        (Hugging Face ``wikitext`` stores one line per row).
+        """
+        mode = self.documents
+        if self.is_hf or mode == "file":
+            sources: list[Any] = [self]
+        else:
+            sources = [SplitSource(self.split, files=(f,), text_column=self.text_column, documents=mode) for f in self.files]
+        for src in sources:
+            if mode == "file":
+                for _, text in src.iter_records():
+                    if text.strip():
+                        yield text.strip()
+            elif src.is_hf or _is_record_file(src.files[0]):
+                if mode == "wikitext":
+                    lines = (ln for _, text in src.iter_records() for ln in _record_lines(text))
+                    yield from iter_line_documents(lines, mode)
+                else:
+                    for _, text in src.iter_records():
+                        yield from iter_line_documents(text_lines(text), mode)
+            else:
+                path = src.files[0]
+                try:
+                    with open(path, encoding="utf-8", newline="") as f:
+                        yield from iter_line_documents(f, mode)
+                except UnicodeDecodeError as err:
+                    raise DataError(f"{path} is not UTF-8 text ({_one_line(err)})") from err
+
+
+def _record_lines(text: str) -> Iterator[str]:
+    """A record as whole lines: ``""`` is a blank line (HF wikitext's empty rows), ends added."""
+    if not text:
+        yield "\n"
+        return
+    for line in text_lines(text):
+        yield line if line.endswith(("\n", "\r")) else line + "\n"
+
+
+def _is_record_file(path: Path) -> bool:
+    return path.suffix.lower() in TEXT_SUFFIXES_JSONL + TEXT_SUFFIXES_PARQUET
+
+
+def _check_text(value: Any, where: str, column: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise DataError(f"{where}: column {column!r} holds {type(value).__name__}, not text")
+    return value
+
+
+def _iter_jsonl(path: Path, column: str) -> Iterator[tuple[str, str]]:
+    with open(path, encoding="utf-8") as f:
+        head = f.read(1 << 16).lstrip()
+        f.seek(0)
+        if head.startswith("["):  # a JSON array of records
+            records = json.load(f)
+            for i, rec in enumerate(records):
+                yield _record_text(rec, f"{path} record {i}", column)
+            return
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{lineno} is not valid JSON ({err.msg})") from err
+            yield _record_text(rec, f"{path}:{lineno}", column)
+
+
+def _record_text(rec: Any, where: str, column: str) -> tuple[str, str]:
+    if not isinstance(rec, dict) or column not in rec:
+        keys = ", ".join(rec) if isinstance(rec, dict) else type(rec).__name__
+        raise DataError(f"{where} has no {column!r} field (found: {keys}); set text_column")
+    return where, _check_text(rec[column], where, column)
+
+
+def _iter_parquet(path: Path, column: str) -> Iterator[tuple[str, str]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as err:  # pragma: no cover - pyarrow comes with datasets
+        raise DataError(f"reading {path} needs pyarrow: pip install pyarrow") from err
+    pf = pq.ParquetFile(path)
+    names = pf.schema_arrow.names
+    if column not in names:
+        raise DataError(f"{path} has no column {column!r} (columns: {', '.join(names)}); set text_column")
+    row = 0
+    for batch in pf.iter_batches(columns=[column], batch_size=4096):
+        for text in batch.column(0).to_pylist():
+            yield f"{path} row {row}", _check_text(text, f"{path} row {row}", column)
+            row += 1
+
+
+def load_hf_split(path: str, name: str | None, split: str) -> Any:
+    """``datasets.load_dataset(path, name, split=split)`` with one-line errors (lazy import)."""
+    try:
+        import datasets
+    except ImportError as err:
+        raise DataError(
+            f"loading the Hugging Face dataset {path!r} needs the `datasets` package "
+            "(pip install 'mdlm[hf]'), or use local files"
+        ) from err
+    try:
+        return datasets.load_dataset(path, name, split=split)
+    except Exception as err:  # noqa: BLE001 - network, missing config/split, ...: one clear line
+        cfg = f" (config {name!r})" if name else ""
+        raise DataError(
+            f"could not load Hugging Face dataset {path!r}{cfg} split {split!r}: {type(err).__name__}: "
+            f"{_one_line(err, 160)}; the hub may be unreachable (offline?) - use local files instead"
+        ) from err
+
+
+def collate_blocks(items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Stack blocks into ``{"input_ids": LongTensor[B, L], "index": LongTensor[B]}``."""
+    ids = np.stack([np.asarray(it["input_ids"]) for it in items]).astype(np.int64)
+    index = torch.tensor([int(it["index"]) for it in items], dtype=torch.long)
+    return {"input_ids": torch.from_numpy(ids), "index": index}
+
+
+class BlockDataset(StreamingDataset):
+    """A litdata StreamingDataset whose items carry their global block index."""
+
+    def __getitem__(self, index: Any) -> Any:
+        item = super().__getitem__(index)
+        if isinstance(index, ChunkedIndex):
+            return {"input_ids": item, "index": index.index}
+        if isinstance(index, int):
+            return {"input_ids": item, "index": index}
+        return item  # slices / keys: plain items
+
+
+class _StreamSlicer:
+    """optimize() fn: chunk ``i`` of the token stream file (exactly ``chunk_tokens`` tokens)."""
+
+    def __init__(self, path: str, dtype: str, chunk_tokens: int) -> None:
+        self.path, self.dtype, self.chunk_tokens = path, dtype, chunk_tokens
+
+    def __call__(self, chunk: int) -> np.ndarray:
+        data = np.memmap(self.path, dtype=self.dtype, mode="r")
+        start = chunk * self.chunk_tokens
+        return np.array(data[start : start + self.chunk_tokens])
+
+
+@contextlib.contextmanager
+def _environ(**values: str) -> Iterator[None]:
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def optimize(*args: Any, **kwargs: Any) -> None:
+    """litdata.optimize (module-level indirection: tests can observe or forbid rebuilds)."""
+    from litdata import optimize as _optimize
+
+    _optimize(*args, **kwargs)
+
+
+class TextDataModule(LightningDataModule):
+    """Packed text for masked diffusion: documents joined with EOS, read as blocks of ``block_length``.
+
+    Sources (per split; give files, or a Hugging Face dataset):
+
+    * ``train_files`` / ``val_files`` / ``test_files``: a path or list of paths. ``.txt``/``.raw``
+      (any other suffix) is UTF-8 plain text; ``.jsonl``/``.json`` (JSON lines or a JSON array) and
+      ``.parquet`` hold records whose ``text_column`` is the text.
+    * ``hf_path`` (+ ``hf_name`` config, ``hf_splits`` mapping ``train/val/test`` to dataset split
+      names, default ``train/validation/test``): ``datasets.load_dataset(hf_path, hf_name)``,
+      imported lazily (needs ``pip install 'mdlm[hf]'`` and the hub or a local HF cache).
+
+    Args:
+        documents: what a document is (:mod:`mdlm.data.packing`): ``"file"`` (a whole text file or
+            one record), ``"line"``, ``"paragraph"`` or ``"wikitext"`` (articles).
+        tokenizer: a local tokenizer folder, a Hub name, or ``"bpe:<V>"`` (a V-token byte-level BPE
+            trained on the train split and cached under ``cache_dir/tokenizers``).
+        add_mask_token / add_pad_token: add ``[MASK]`` / ``[PAD]`` when the tokenizer lacks them.
+        block_length: tokens per training/evaluation sequence (applied when reading; the cache is
+            shared by all block lengths). Default 150.
+        batch_size: training batch size; eval_batch_size: val/test batch size (default batch_size).
+        num_workers: dataloader worker processes.
+        cache_dir: token cache root (default ``$MDLM_CACHE_DIR`` or ``~/.cache/mdlm``).
+        seed: training shuffle seed.
+        chunk_tokens: tokens per litdata chunk (advanced; part of the cache key).
+
+    After ``__init__``: ``tokenizer``, ``vocab_size`` (``len(tokenizer)``), ``mask_token_id``,
+    ``pad_token_id``, ``eos_token_id``.
+    """
+
+    val_dataloader_names = ["val"]
+    test_dataloader_names = ["test"]
+
+    def __init__(
+        self,
+        train_files: str | list[str] | None = None,
+        val_files: str | list[str] | None = None,
+        test_files: str | list[str] | None = None,
+        hf_path: str | None = None,
+        hf_name: str | None = None,
+        hf_splits: dict[str, str] | None = None,
+        text_column: str = "text",
+        documents: str = "file",
+        tokenizer: str = "gpt2",
+        add_mask_token: bool = True,
+        add_pad_token: bool = True,
+        block_length: int = 150,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        cache_dir: str | None = None,
+        seed: int = 42,
+        chunk_tokens: int = CHUNK_TOKENS,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if documents not in DOCUMENT_MODES:
+            raise DataError(f"documents={documents!r} is not one of {', '.join(DOCUMENT_MODES)}")
+        if block_length < 1:
+            raise DataError(f"block_length={block_length} must be >= 1")
+        if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
+            raise DataError(f"batch_size={batch_size} and eval_batch_size={eval_batch_size} must be >= 1")
+        if num_workers < 0:
+            raise DataError(f"num_workers={num_workers} must be >= 0")
+        if chunk_tokens < 1:
+            raise DataError(f"chunk_tokens={chunk_tokens} must be >= 1")
+        self.block_length = int(block_length)
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size or batch_size)
+        self.num_workers = int(num_workers)
+        self.seed = int(seed)
+        self.chunk_tokens = int(chunk_tokens)
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        self.sources: dict[str, SplitSource] = self._make_sources(
+            {"train": train_files, "val": val_files, "test": test_files},
+            hf_path,
+            hf_name,
+            hf_splits,
+            text_column,
+            documents,
+        )
+        if not self.sources:
+            raise DataError("no data: give train_files/val_files/test_files or hf_path")
+
+        self.tokenizer = self._resolve_tokenizer(tokenizer, add_mask_token, add_pad_token)
+        self.vocab_size: int = len(self.tokenizer)
+        self.mask_token_id: int = int(self.tokenizer.mask_token_id)
+        self.pad_token_id: int | None = self.tokenizer.pad_token_id
+        eos = self.tokenizer.eos_token_id
+        if eos is None:
+            eos = getattr(self.tokenizer, "sep_token_id", None)
+        if eos is None:
+            raise TokenizerError(
+                f"tokenizer {tokenizer!r} has neither an eos nor a sep token, needed to join documents; "
+                "use a tokenizer that defines eos_token"
+            )
+        self.eos_token_id: int | None = int(eos)
+        self.token_dtype = "uint16" if self.vocab_size <= 1 << 16 else "uint32"
+        self._tokenizer_fp = tokenizer_fingerprint(self.tokenizer)
+        self._cache_paths: dict[str, Path] = {}
+        self._meta: dict[str, dict[str, Any]] = {}
+
+    # ------------------------------------------------------------------ construction helpers
+    def _make_sources(
+        self,
+        files: dict[str, str | list[str] | None],
+        hf_path: str | None,
+        hf_name: str | None,
+        hf_splits: dict[str, str] | None,
+        text_column: str,
+        documents: str,
+    ) -> dict[str, SplitSource]:
+        sources: dict[str, SplitSource] = {}
+        if hf_path is not None:
+            if any(v for v in files.values()):
+                raise DataError("give either local files (train_files/val_files/test_files) or hf_path, not both")
+            mapping = {"train": "train", "val": "validation", "test": "test"} if hf_splits is None else dict(hf_splits)
+            unknown = set(mapping) - set(SPLITS)
+            if unknown:
+                raise DataError(f"hf_splits keys must be among {', '.join(SPLITS)}; got {', '.join(sorted(unknown))}")
+            for split in SPLITS:
+                if mapping.get(split):
+                    sources[split] = SplitSource(
+                        split, hf_path=hf_path, hf_name=hf_name, hf_split=mapping[split], text_column=text_column, documents=documents
+                    )
+            return sources
+        for split in SPLITS:
+            value = files[split]
+            if not value:
+                continue
+            paths = [value] if isinstance(value, (str, os.PathLike)) else list(value)
+            resolved = []
+            for p in paths:
+                path = Path(p).expanduser()
+                if not path.exists():
+                    raise FileNotFoundError(f"{split} file {str(path)!r} does not exist")
+                if not path.is_file():
+                    raise DataError(f"{split} path {str(path)!r} is not a file")
+                if path.stat().st_size == 0:
+                    raise DataError(f"{split} file {str(path)!r} is empty")
+                resolved.append(path)
+            sources[split] = SplitSource(split, files=tuple(resolved), text_column=text_column, documents=documents)
+        return sources
+
+    def _resolve_tokenizer(self, spec: str, add_mask_token: bool, add_pad_token: bool) -> Any:
+        vocab = parse_bpe_spec(str(spec))
+        if vocab is None:
+            return load_tokenizer(spec, add_mask_token=add_mask_token, add_pad_token=add_pad_token)
+        train = self.sources.get("train")
+        if train is None:
+            raise TokenizerError(f"tokenizer {spec!r} is trained on the train split, but no train split was given")
+        ident = json.dumps({"bpe": vocab, "source": train.identity(), "min_frequency": 2}, sort_keys=True)
+        key = hashlib.sha256(ident.encode()).hexdigest()[:16]
+        folder = self.cache_dir / "tokenizers" / f"bpe-{vocab}-{key}"
+        if not (folder / "tokenizer.json").is_file():
+            log.info("training a %d-token byte-level BPE on %s -> %s", vocab, train.describe(), folder)
+            train_bpe_tokenizer(None, vocab, texts=train.iter_documents(), save_dir=folder)
+        return load_tokenizer(str(folder), add_mask_token=add_mask_token, add_pad_token=add_pad_token)
+
+    # ------------------------------------------------------------------ cache
+    def cache_key(self, split: str) -> str:
+        """Hex key of ``split``'s token cache (content of the sources + tokenizer + format)."""
+        source = self._source(split)
+        ident = {
+            "format": CACHE_FORMAT,
+            "source": source.identity(),
+            "tokenizer": self._tokenizer_fp,
+            "eos": self.eos_token_id,
+            "dtype": self.token_dtype,
+            "chunk_tokens": self.chunk_tokens,
+        }
+        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
+
+    def cache_path(self, split: str) -> Path:
+        """Folder of ``split``'s litdata token cache (it may not exist yet)."""
+        return self.cache_dir / "tokens" / f"{split}-{self.cache_key(split)[:16]}"
+
+    def _source(self, split: str) -> SplitSource:
+        if split not in SPLITS:
+            raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+        if split not in self.sources:
+            raise DataError(f"no {split} data was configured (give {split}_files or an hf_splits entry)")
+        return self.sources[split]
+
+    def prepare_data(self) -> None:
+        """Tokenize every configured split into its litdata cache (skipped when cached)."""
+        for split in self.sources:
+            self._ensure_cache(split)
+
+    def _ensure_cache(self, split: str) -> Path:
+        final = self.cache_path(split)
+        if (final / META_FILE).is_file():
+            return final
+        source = self._source(split)
+        tokens_root = final.parent
+        tokens_root.mkdir(parents=True, exist_ok=True)
+        build = tokens_root / f".build-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        build.mkdir()
+        try:
+            log.info("tokenizing %s split (%s) -> %s", split, source.describe(), final)
+            stream_path = build / "stream.bin"
+            num_docs, num_tokens = self._tokenize(source, stream_path)
+            if num_docs == 0:
+                raise DataError(f"{split} data ({source.describe()}) contains no text (0 non-blank documents)")
+            out = build / "litdata"
+            num_chunks = -(-num_tokens // self.chunk_tokens)
+            scratch = build / "scratch"
+            env = {
+                "DATA_OPTIMIZER_CACHE_FOLDER": str(scratch / "chunks"),
+                "DATA_OPTIMIZER_DATA_CACHE_FOLDER": str(scratch / "data"),
+            }
+            # the forked writer does not tokenize: keep tokenizers' fork warning quiet
+            if "TOKENIZERS_PARALLELISM" not in os.environ:
+                env["TOKENIZERS_PARALLELISM"] = "false"
+            start_method = "fork" if "fork" in mp.get_all_start_methods() else None
+            with _environ(**env):
+                optimize(
+                    fn=_StreamSlicer(str(stream_path), self.token_dtype, self.chunk_tokens),
+                    inputs=list(range(num_chunks)),
+                    output_dir=str(out),
+                    chunk_size=self.chunk_tokens,
+                    num_workers=1,
+                    item_loader=TokensLoader(),
+                    reorder_files=False,
+                    keep_data_ordered=True,
+                    verbose=False,
+                    start_method=start_method,
+                )
+            index = json.loads((out / "index.json").read_text())
+            written = sum(int(c["dim"]) for c in index["chunks"])
+            if written != num_tokens:  # pragma: no cover - litdata contract check
+                raise DataError(f"litdata wrote {written} tokens for the {split} split, expected {num_tokens}")
+            meta = {
+                "format": CACHE_FORMAT,
+                "split": split,
+                "source": source.describe(),
+                "identity": source.identity(),
+                "tokenizer": getattr(self.tokenizer, "name_or_path", ""),
+                "tokenizer_fingerprint": self._tokenizer_fp,
+                "eos_token_id": self.eos_token_id,
+                "vocab_size": self.vocab_size,
+                "dtype": self.token_dtype,
+                "chunk_tokens": self.chunk_tokens,
+                "num_documents": num_docs,
+                "num_tokens": num_tokens,
+            }
+            (out / META_FILE).write_text(json.dumps(meta, indent=1))
+            try:
+                os.rename(out, final)
+            except OSError:  # another process completed the same cache first
+                if not (final / META_FILE).is_file():
+                    raise
+        finally:
+            shutil.rmtree(build, ignore_errors=True)
+        log.info("%s split: %d documents, %d tokens", split, num_docs, num_tokens)
+        return final
+
+    def _tokenize(self, source: SplitSource, out_path: Path) -> tuple[int, int]:
+        """Tokenize ``source``'s documents (EOS after each) into a raw ``token_dtype`` file."""
+        num_docs = num_tokens = 0
+        limit = np.iinfo(self.token_dtype).max
+        with open(out_path, "wb") as f:
+            for docs in batched(source.iter_documents(), _TOKENIZE_BATCH):
+                ids = self.tokenizer(
+                    docs,
+                    add_special_tokens=False,
+                    split_special_tokens=True,
+                    return_attention_mask=False,
+                    verbose=False,
+                )["input_ids"]
+                stream = pack_documents(ids, self.eos_token_id, dtype=np.int64)
+                if stream.size and (stream.min() < 0 or stream.max() > limit):  # pragma: no cover
+                    raise DataError(f"token id {int(stream.max())} does not fit {self.token_dtype}")
+                stream.astype(self.token_dtype).tofile(f)
+                num_docs += len(docs)
+                num_tokens += stream.size
+        return num_docs, num_tokens
+
+    # ------------------------------------------------------------------ reading
+    def setup(self, stage: str | None = None) -> None:
+        """Locate (or, outside a multi-process run, build) the caches needed by ``stage``."""
+        splits = _STAGE_SPLITS.get(stage, SPLITS) if stage else SPLITS
+        for split in splits:
+            if split in self.sources:
+                self._locate(split)
+
+    def _locate(self, split: str) -> Path:
+        if split in self._cache_paths:
+            return self._cache_paths[split]
+        path = self.cache_path(split)
+        if not (path / META_FILE).is_file():
+            if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+                raise DataError(
+                    f"the {split} token cache {path} is missing: prepare_data() must run first "
+                    "(Lightning runs it on local rank 0; with several nodes and no shared cache_dir set "
+                    "prepare_data_per_node=True)"
+                )
+            path = self._ensure_cache(split)
+        meta = json.loads((path / META_FILE).read_text())
+        num_tokens = int(meta["num_tokens"])
+        if self.block_length > num_tokens:
+            raise DataError(
+                f"block_length={self.block_length} is larger than the {split} split "
+                f"({num_tokens} tokens from {self.sources[split].describe()}); use a smaller block_length or more text"
+            )
+        index = json.loads((path / "index.json").read_text())
+        dims = [int(c["dim"]) for c in index["chunks"]]
+        border_loss = sum(d % self.block_length for d in dims[:-1])
+        tail = dims[-1] % self.block_length
+        if border_loss:
+            log.warning(
+                "%s split: block_length=%d does not divide chunk_tokens=%d: %d tokens at chunk borders are not read",
+                split, self.block_length, self.chunk_tokens, border_loss,
+            )
+        log.info(
+            "%s split: %d tokens -> %d blocks of %d; the last %d tokens (a partial block) are not read",
+            split, num_tokens, self.num_blocks(split, dims), self.block_length, tail,
+        )
+        self._cache_paths[split] = path
+        self._meta[split] = meta
+        return path
+
+    def num_tokens(self, split: str) -> int:
+        """Tokens (EOS included) in ``split``'s cache."""
+        self._locate(split)
+        return int(self._meta[split]["num_tokens"])
+
+    def num_blocks(self, split: str, dims: list[int] | None = None) -> int:
+        """Full blocks of ``block_length`` that the reader yields for ``split`` (all ranks together)."""
+        if dims is None:
+            index = json.loads((self._locate(split) / "index.json").read_text())
+            dims = [int(c["dim"]) for c in index["chunks"]]
+        return sum(count_blocks(d, self.block_length) for d in dims)
+
+    def _loader(self, split: str, train: bool) -> Any:
+        path = self._locate(split)
+        dataset = BlockDataset(
+            input_dir=str(path),
+            item_loader=TokensLoader(block_size=self.block_length),
+            shuffle=train,
+            drop_last=None if train else False,
+            seed=self.seed,
+            item_shuffle_window="full" if train else None,
+        )
+        return StreamingDataLoader(
+            dataset,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            num_workers=self.num_workers,
+            collate_fn=collate_blocks,
+        )
+
+    def train_dataloader(self) -> Any:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> Any:
+        return self._loader("val", train=False) if "val" in self.sources else []
+
+    def test_dataloader(self) -> Any:
+        return self._loader("test", train=False)
+

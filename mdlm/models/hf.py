@@ -1,0 +1,512 @@
+"""Hugging Face ``transformers`` models as fully bidirectional mdlm backbones.
+
+:class:`HFBackbone` wraps an ``AutoModelForCausalLM`` (Llama, Qwen2/3, Mistral, GPT-2, ...) or an
+``AutoModelForMaskedLM`` (BERT, RoBERTa, ModernBERT, ...) — built from a config dict or loaded with
+``from_pretrained`` — behind mdlm's backbone contract ``forward(input_ids [B, L], attention_mask
+[B, L] | None) -> logits [B, L, V]``. The wrapped model never gets a time input; the [MASK] logit is
+handled by :class:`mdlm.module.MaskedDiffusionLM`, not here.
+
+How a causal LM is made bidirectional (transformers >= 5.2)
+-----------------------------------------------------------
+Transformers 5 builds every attention mask in ``transformers.masking_utils``. Its
+``create_causal_mask`` / ``create_sliding_window_causal_mask`` return the *bidirectional*
+(padding-only) mask when ``config.is_causal`` is ``False``, and the ``merge_with_config_defaults``
+decorator on the base models forwards ``is_causal=False`` to the attention functions, so the SDPA
+and flash paths do not fall back to ``is_causal=True`` when the mask is skipped (no padding).
+:func:`make_bidirectional` sets ``config.is_causal = False`` and, as a second line of defence for
+models whose forward does not go through that decorator, ``is_causal = False`` on every submodule
+that has the attribute. Sliding-window layers become symmetric windows (|i - j| < window).
+``config.json`` of a saved model keeps ``"is_causal": false``, so a plain
+``AutoModelForCausalLM.from_pretrained(path)`` of an exported model is bidirectional too.
+
+Because a silently causal model would train without complaint, the backbone checks itself when it
+is built (``verify=True``): changing tokens 1..L-1 must change the logits at position 0 (else a
+``RuntimeError``), and changing the content of padded positions must not change the logits at real
+positions (else a warning: some models, LLaDA among them, attend to padding by design).
+
+Verified offline (tiny models from configs, ``tests/test_hf_backbone.py``, transformers 5.24): Llama,
+Qwen2, Qwen3, Mistral (also with a sliding window), GPT-2 and BERT (masked LM), each with ``sdpa`` and
+``eager``, left and right padding, against an unmodified copy of the model given an explicit 4D mask.
+``flex_attention`` matched ``eager`` on Llama once by hand (not in the tests: it compiles for ~75 s on
+CPU); ``flash_attention_2`` and GPUs are not verified.
+
+Remote code (LLaDA)
+-------------------
+``pretrained="GSAI-ML/LLaDA-8B-Base", trust_remote_code=True`` loads the model's own
+``modeling_*.py`` (``auto_map`` in its config). Code written for transformers 4.x that never calls
+``post_init()`` or overrides ``tie_weights()`` without the 5.x keyword arguments fails to load
+under transformers 5 (``AttributeError: ... all_tied_weights_keys``); such classes are loaded
+through a thin subclass that calls ``post_init()`` and accepts the new ``tie_weights`` arguments
+(logged). Nothing else is changed in the remote code. This path is verified on a local LLaDA-like
+folder (own config class, no ``post_init``, 4.x ``tie_weights``, LLaDA's ``forward`` signature,
+attention that ignores the padding mask); LLaDA's actual files and weights were not run.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn as nn
+
+log = logging.getLogger(__name__)
+
+AutoClass = Literal["masked_lm", "causal_lm"]
+_AUTO_CLASS_NAMES = {"masked_lm": "AutoModelForMaskedLM", "causal_lm": "AutoModelForCausalLM"}
+MIN_TRANSFORMERS_FOR_CAUSAL = (5, 2)
+
+__all__ = ["HFBackbone", "make_bidirectional", "export_pretrained"]
+
+
+def _auto_cls(auto_class: str):
+    if auto_class not in _AUTO_CLASS_NAMES:
+        raise ValueError(f"auto_class={auto_class!r} must be one of {sorted(_AUTO_CLASS_NAMES)}")
+    import transformers
+
+    return getattr(transformers, _AUTO_CLASS_NAMES[auto_class])
+
+
+def _transformers_version() -> tuple[int, int]:
+    import transformers
+
+    major, minor = transformers.__version__.split(".")[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+
+def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str | None:
+    if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    resolved = getattr(torch, str(dtype).removeprefix("torch."), None)
+    if not isinstance(resolved, torch.dtype):
+        raise ValueError(f"dtype={dtype!r} is not a torch dtype (e.g. 'bfloat16', 'float32', 'auto')")
+    return resolved
+
+
+def make_bidirectional(model: nn.Module) -> nn.Module:
+    """Make a transformers (>= 5.2) model attend in both directions; returns ``model``.
+
+    Sets ``config.is_causal = False`` (honoured by ``transformers.masking_utils`` and forwarded as the
+    ``is_causal`` argument of the attention functions) on the model's config and every sub-config
+    reachable through submodules, and ``is_causal = False`` on every submodule that has a boolean
+    ``is_causal`` attribute (the attention layers). Use it after a plain ``from_pretrained`` of a
+    causal LM whose ``config.json`` lacks ``"is_causal": false``.
+    """
+    configs = []
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and all(config is not c for c in configs) and hasattr(config, "to_dict"):
+            configs.append(config)
+        if isinstance(getattr(module, "is_causal", None), bool):
+            module.is_causal = False
+    for config in configs:
+        config.is_causal = False
+    return model
+
+
+def _tie_weights_is_legacy(cls: type) -> bool:
+    """True when ``cls`` overrides ``tie_weights`` with a 4.x signature (no ``missing_keys`` / ``**kwargs``)."""
+    from transformers import PreTrainedModel
+
+    tie = getattr(cls, "tie_weights", None)
+    if tie is None or tie is PreTrainedModel.tie_weights:
+        return False
+    try:
+        params = inspect.signature(tie).parameters
+    except (TypeError, ValueError):
+        return False
+    has_var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return not has_var_kw and "missing_keys" not in params
+
+
+def _init_lacks_post_init(cls: type) -> bool:
+    """True when no ``__init__`` in the remote part of ``cls``'s MRO mentions ``post_init``."""
+    from transformers import PreTrainedModel
+
+    for klass in cls.__mro__:
+        if klass is PreTrainedModel or klass.__module__.startswith("transformers."):
+            break
+        if "__init__" in vars(klass):
+            try:
+                if "post_init" in inspect.getsource(klass.__init__):
+                    return False
+            except (OSError, TypeError):
+                return True
+    return True
+
+
+def _legacy_compatible(cls: type) -> type:
+    """Return ``cls`` or, for transformers-4.x remote code, a same-named subclass that loads under 5.x.
+
+    The subclass (same ``__name__``/``__module__``, so ``save_pretrained`` writes the original class into
+    ``auto_map`` and copies the original code) calls ``post_init()`` after ``__init__`` when the remote
+    code did not, and accepts (and drops) the ``missing_keys``/``recompute_mapping`` arguments that
+    transformers 5 passes to ``tie_weights``.
+    """
+    fix_init, fix_tie = _init_lacks_post_init(cls), _tie_weights_is_legacy(cls)
+    if not (fix_init or fix_tie):
+        return cls
+    namespace: dict[str, Any] = {"__module__": cls.__module__, "__qualname__": cls.__qualname__}
+    if fix_init:
+
+        def __init__(self, config, *args, **kwargs):
+            cls.__init__(self, config, *args, **kwargs)
+            if not hasattr(self, "all_tied_weights_keys"):
+                self.post_init()
+
+        namespace["__init__"] = __init__
+    if fix_tie:
+
+        def tie_weights(self, *args, **kwargs):
+            return cls.tie_weights(self)
+
+        namespace["tie_weights"] = tie_weights
+    fixes = [name for name, on in (("post_init", fix_init), ("tie_weights", fix_tie)) if on]
+    log.info(
+        "remote code %s.%s predates transformers 5: loading it with a shim for %s",
+        cls.__module__, cls.__name__, ", ".join(fixes),
+    )
+    return type(cls.__name__, (cls,), namespace)
+
+
+def _remote_code_error(source: str, err: Exception) -> ValueError:
+    return ValueError(
+        f"{source} ships its own modeling code (auto_map in its config) and loading it needs "
+        f"`trust_remote_code: true` (HFBackbone(..., trust_remote_code=True)); only set it for code you trust. "
+        f"transformers said: {err}"
+    )
+
+
+class HFBackbone(nn.Module):
+    """A bidirectional Hugging Face model as an mdlm backbone: ``forward(input_ids, attention_mask) -> logits``.
+
+    In YAML::
+
+        backbone:
+          class_path: mdlm.models.hf.HFBackbone
+          init_args: {config: {model_type: llama, hidden_size: 256, num_hidden_layers: 4, ...}}
+
+    Args:
+        vocab_size: vocabulary size of the data (``len(tokenizer)``, added tokens included); supplied by
+            :class:`~mdlm.module.MaskedDiffusionLM`. A larger value than the model's embedding matrix resizes
+            the embeddings (``resize_token_embeddings``, logged); a smaller one is an error unless
+            ``truncate_vocab`` is set.
+        pretrained: hub name or local folder loaded with ``from_pretrained`` (exclusive with ``config``).
+        config: build from scratch: ``{"model_type": "llama", "hidden_size": 64, ...}`` is passed to
+            ``AutoConfig.for_model``; ``vocab_size`` defaults to the data's.
+        auto_class: ``causal_lm`` (``AutoModelForCausalLM``; made bidirectional, needs transformers >= 5.2)
+            or ``masked_lm`` (``AutoModelForMaskedLM``; BERT-like models, already bidirectional).
+        trust_remote_code: allow a checkpoint's own modeling code (``auto_map``), e.g. LLaDA. Always passed
+            explicitly, so transformers never prompts.
+        dtype: parameter dtype, e.g. ``"bfloat16"`` (``"auto"`` with ``pretrained``: the checkpoint's);
+            ``None`` keeps transformers' default (float32).
+        attn_implementation: ``sdpa`` | ``eager`` | ``flash_attention_2`` | ``flex_attention`` ...;
+            ``None``: ``sdpa`` for transformers' own models, the model's default for remote code.
+        gradient_checkpointing: activation checkpointing of the transformer layers (non-reentrant).
+        truncate_vocab: when the model has more embedding rows than ``vocab_size`` (matrices padded to a
+            multiple of 64/128, e.g. Qwen2 or LLaDA), return only the first ``vocab_size`` logits.
+        position_ids_from_mask: with an attention mask, number real tokens from 0 (``cumsum - 1``) so a
+            left-padded sequence gets the positions it has unpadded; ``None``: on for ``causal_lm`` models
+            whose ``forward`` takes ``position_ids``, off for ``masked_lm`` (RoBERTa-style models offset
+            their positions themselves).
+        revision: hub revision of ``pretrained``.
+        verify: probe the model once after building it: bidirectional (else ``RuntimeError``) and padding
+            hidden by the attention mask (else a warning). Skipped for parameters on the meta device.
+        model_kwargs: further keyword arguments for ``from_pretrained`` / ``from_config``.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        pretrained: str | None = None,
+        config: dict[str, Any] | None = None,
+        auto_class: AutoClass = "causal_lm",
+        trust_remote_code: bool = False,
+        dtype: str | None = None,
+        attn_implementation: str | None = None,
+        gradient_checkpointing: bool = False,
+        truncate_vocab: bool = False,
+        position_ids_from_mask: bool | None = None,
+        revision: str | None = None,
+        verify: bool = True,
+        model_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if (pretrained is None) == (config is None):
+            raise ValueError(
+                "HFBackbone needs exactly one of `pretrained` (a hub name or local folder) and `config` "
+                f"(a dict with model_type, built from scratch); got pretrained={pretrained!r}, config={config!r}"
+            )
+        if vocab_size < 2:
+            raise ValueError(f"vocab_size={vocab_size} must be >= 2")
+        auto_cls = _auto_cls(auto_class)
+        self.vocab_size = int(vocab_size)
+        self.auto_class = auto_class
+        self.truncate_vocab = truncate_vocab
+        kwargs: dict[str, Any] = dict(model_kwargs or {})
+        torch_dtype = _resolve_dtype(dtype)
+        if torch_dtype is not None:
+            kwargs["dtype"] = torch_dtype
+        if config is not None:
+            config = dict(config)
+            config.setdefault("vocab_size", self.vocab_size)
+            if kwargs.get("dtype") == "auto":  # nothing to take the dtype from
+                del kwargs["dtype"]
+            self.source = f"config(model_type={config.get('model_type')!r})"
+            self.model, remote = self._from_config(auto_cls, config, kwargs, attn_implementation)
+        else:
+            self.model, remote = self._from_pretrained(
+                auto_cls, str(pretrained), kwargs, attn_implementation, trust_remote_code, revision
+            )
+            self.source = str(pretrained)
+        self.remote_code = remote
+        if auto_class == "causal_lm" and not remote and _transformers_version() < MIN_TRANSFORMERS_FOR_CAUSAL:
+            import transformers
+
+            raise RuntimeError(
+                "bidirectional causal LMs need transformers >= 5.2 (config.is_causal=False), "
+                f"found {transformers.__version__}"
+            )
+        make_bidirectional(self.model)
+        if getattr(self.model.config, "use_cache", None):
+            self.model.config.use_cache = False
+        self._match_vocab()
+        if gradient_checkpointing:
+            self._enable_gradient_checkpointing()
+        self._inspect_forward(position_ids_from_mask)
+        if verify and not any(p.is_meta for p in self.model.parameters()):
+            self.verify_attention()
+
+    # ------------------------------------------------------------------ building
+    @staticmethod
+    def _from_config(auto_cls, config: dict[str, Any], kwargs: dict[str, Any], attn_implementation: str | None):
+        from transformers import AutoConfig
+
+        model_type = config.pop("model_type", None)
+        if not model_type:
+            raise ValueError(
+                f"config needs a `model_type` (e.g. 'llama', 'qwen2', 'gpt2', 'bert'), got keys {sorted(config)}"
+            )
+        try:
+            hf_config = AutoConfig.for_model(model_type, **config)
+        except ValueError as err:
+            raise ValueError(
+                f"config: model_type={model_type!r} is not a model type known to transformers ({err})"
+            ) from None
+        kwargs.setdefault("attn_implementation", attn_implementation or "sdpa")
+        try:
+            model = auto_cls.from_config(hf_config, **kwargs)
+        except ValueError as err:
+            if "Unrecognized configuration class" in str(err):
+                raise ValueError(
+                    f"model_type={model_type!r} has no {auto_cls.__name__} model; try the other auto_class ({err})"
+                ) from None
+            raise
+        return model, False
+
+    def _from_pretrained(
+        self, auto_cls, pretrained: str, kwargs, attn_implementation, trust_remote_code: bool, revision: str | None
+    ):
+        from transformers import AutoConfig
+
+        hub = {"revision": revision} if revision is not None else {}
+        try:
+            hf_config = AutoConfig.from_pretrained(pretrained, trust_remote_code=bool(trust_remote_code), **hub)
+        except ValueError as err:
+            if "trust_remote_code" in str(err):
+                raise _remote_code_error(pretrained, err) from None
+            raise
+        auto_map = getattr(hf_config, "auto_map", None) or {}
+        class_ref = auto_map.get(auto_cls.__name__) or auto_map.get("AutoModel")
+        remote = bool(trust_remote_code) and class_ref is not None
+        if remote:
+            from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+            repo = pretrained
+            if "--" in class_ref:
+                repo, class_ref = class_ref.split("--")
+            cls = get_class_from_dynamic_module(class_ref, repo, **hub)
+            cls.register_for_auto_class(auto_cls.__name__ if auto_cls.__name__ in auto_map else "AutoModel")
+            cls = _legacy_compatible(cls)
+            if attn_implementation is not None:
+                kwargs.setdefault("attn_implementation", attn_implementation)
+            model = cls.from_pretrained(pretrained, config=hf_config, trust_remote_code=True, **hub, **kwargs)
+            return model, True
+        kwargs.setdefault("attn_implementation", attn_implementation or "sdpa")
+        try:
+            model = auto_cls.from_pretrained(
+                pretrained, config=hf_config, trust_remote_code=bool(trust_remote_code), **hub, **kwargs
+            )
+        except ValueError as err:
+            if "trust_remote_code" in str(err):
+                raise _remote_code_error(pretrained, err) from None
+            raise
+        return model, False
+
+    def _model_vocab(self) -> int:
+        return int(self.model.get_input_embeddings().weight.shape[0])
+
+    def _match_vocab(self) -> None:
+        model_vocab = self._model_vocab()
+        if self.vocab_size > model_vocab:
+            log.info(
+                "HFBackbone(%s): resizing the token embeddings from %d to %d rows (vocab_size of the data)",
+                self.source, model_vocab, self.vocab_size,
+            )
+            self.model.resize_token_embeddings(self.vocab_size)
+            out = self.model.get_output_embeddings()
+            if out is not None and getattr(out, "weight", None) is not None and out.weight.shape[0] != self.vocab_size:
+                raise RuntimeError(
+                    f"resize_token_embeddings({self.vocab_size}) left the output layer with {out.weight.shape[0]} rows"
+                )
+        elif self.vocab_size < model_vocab and not self.truncate_vocab:
+            raise ValueError(
+                f"vocab_size={self.vocab_size} (the data's) is smaller than the model's vocabulary of {model_vocab} "
+                f"embedding rows ({self.source}); use the model's tokenizer, or set truncate_vocab=True if the "
+                f"matrix is only padded (the logits are then cut to the first {self.vocab_size} ids)"
+            )
+
+    def _enable_gradient_checkpointing(self) -> None:
+        if not getattr(self.model, "supports_gradient_checkpointing", False):
+            raise ValueError(f"{type(self.model).__name__} does not support gradient checkpointing in transformers")
+        enable = getattr(self.model, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:  # transformers < 5.x name
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    def _inspect_forward(self, position_ids_from_mask: bool | None) -> None:
+        try:
+            params = inspect.signature(self.model.forward).parameters
+        except (TypeError, ValueError):
+            params = {}
+        self._named_args = {n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+        if position_ids_from_mask is None:
+            position_ids_from_mask = self.auto_class == "causal_lm"
+        if position_ids_from_mask and "position_ids" not in self._named_args:
+            position_ids_from_mask = False
+        self.position_ids_from_mask = position_ids_from_mask
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, L, vocab_size] of ``input_ids`` [B, L]; ``attention_mask`` [B, L] marks real tokens."""
+        kwargs: dict[str, Any] = {}
+        if attention_mask is not None:
+            mask = attention_mask.to(device=input_ids.device, dtype=torch.long)
+            kwargs["attention_mask"] = mask
+            if self.position_ids_from_mask:
+                kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+        if "use_cache" in self._named_args:
+            kwargs["use_cache"] = False
+        if "return_dict" in self._named_args:
+            kwargs["return_dict"] = True
+        out = self.model(input_ids=input_ids, **kwargs)
+        logits = out.logits if hasattr(out, "logits") else out[0]
+        if logits.shape[-1] != self.vocab_size:
+            if logits.shape[-1] > self.vocab_size and self.truncate_vocab:
+                logits = logits[..., : self.vocab_size]
+            else:
+                raise RuntimeError(
+                    f"{self.source} returned {logits.shape[-1]} logits per token, expected {self.vocab_size}"
+                )
+        return logits
+
+    # ------------------------------------------------------------------ checks
+    @torch.no_grad()
+    def verify_attention(self, seq_len: int = 8, raise_if_causal: bool = True) -> dict[str, float]:
+        """Probe the wrapped model; returns the measured changes (relative to the largest logit).
+
+        ``bidirectional``: change of the logits at position 0 when tokens 1..L-1 change (0 for a causal
+        model: ``RuntimeError`` when ``raise_if_causal``). ``padding_leak``: change of the logits at the
+        real positions when only the content of padded (masked) positions changes (a warning when > 0).
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            param = next(self.model.parameters())
+            device = param.device
+            vocab = min(self.vocab_size, self._model_vocab())
+            g = torch.Generator().manual_seed(1234)
+            base = torch.randint(0, vocab, (1, seq_len), generator=g)
+            other = torch.randint(0, vocab, (1, seq_len), generator=g)
+            other = torch.where(other == base, (other + 1) % vocab, other)
+            changed = torch.cat([base[:, :1], other[:, 1:]], dim=1)
+            logits = self(torch.cat([base, changed]).to(device)).float()
+            scale = logits.abs().max().clamp_min(1e-6)
+            bidir = ((logits[0, 0] - logits[1, 0]).abs().max() / scale).item()
+            n_real = seq_len - seq_len // 2 + 1
+            mask = torch.zeros(2, seq_len, dtype=torch.bool)
+            mask[:, :n_real] = True
+            padded = torch.cat([base, torch.cat([base[:, :n_real], other[:, n_real:]], dim=1)])
+            logits = self(padded.to(device), attention_mask=mask.to(device)).float()
+            leak = ((logits[0, :n_real] - logits[1, :n_real]).abs().max() / scale).item()
+        finally:
+            self.train(was_training)
+        tol = 1e-6 if param.dtype in (torch.float32, torch.float64) else 1e-3
+        if bidir <= tol and raise_if_causal:
+            raise RuntimeError(
+                f"{self.source} ({type(self.model).__name__}) is still causal after make_bidirectional: the logits at "
+                f"position 0 do not depend on later tokens (relative change {bidir:.2e}). Its attention does not "
+                f"honour config.is_causal; use a model whose forward uses transformers.masking_utils, or pass "
+                f"verify=False if you know better"
+            )
+        if leak > tol:
+            warnings.warn(
+                f"{self.source} ({type(self.model).__name__}) lets padded positions influence real ones (relative "
+                f"change {leak:.2e} when only padded content changes): its attention ignores attention_mask. Train on "
+                f"unpadded (packed) sequences or mark padding as real tokens (LLaDA's convention: pad with EOS and "
+                f"train on it)",
+                stacklevel=2,
+            )
+        return {"bidirectional": bidir, "padding_leak": leak}
+
+    # ------------------------------------------------------------------ FSDP / export
+    def block_classes(self) -> set[type[nn.Module]]:
+        """Classes of the transformer blocks (decoder layers) of the wrapped model, e.g. for FSDP auto-wrap.
+
+        From the model's ``_no_split_modules`` (class names) matched against its submodules; without it,
+        the class of the children of the largest ``nn.ModuleList`` of identical modules.
+        """
+        names = set(getattr(self.model, "_no_split_modules", None) or [])
+        found = {type(m) for m in self.model.modules() if type(m).__name__ in names}
+        if found:
+            return found
+        best: list[nn.Module] = []
+        for m in self.model.modules():
+            if isinstance(m, nn.ModuleList) and len(m) > len(best) and len({type(c) for c in m}) == 1:
+                best = list(m)
+        if not best:
+            raise RuntimeError(f"could not find the transformer blocks of {type(self.model).__name__}")
+        return {type(best[0])}
+
+    def save_pretrained(self, path: str | Path, tokenizer: Any | None = None, **kwargs: Any) -> Path:
+        """Write the wrapped model (and optionally a tokenizer) as a transformers folder; returns the path.
+
+        ``config.json`` keeps ``"is_causal": false``: in transformers >= 5.2 a plain
+        ``AutoModelForCausalLM.from_pretrained(path)`` (or ``AutoModelForMaskedLM``) is bidirectional and gives
+        the same logits; ``HFBackbone(vocab_size, pretrained=path)`` wraps it again. Remote-code models also
+        need ``trust_remote_code=True`` to load back.
+        """
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(str(path), **kwargs)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(path))
+        return path
+
+    def extra_repr(self) -> str:
+        return f"source={self.source}, auto_class={self.auto_class}, vocab_size={self.vocab_size}"
+
+
+def export_pretrained(model: nn.Module, path: str | Path, tokenizer: Any | None = None, **kwargs: Any) -> Path:
+    """Save the :class:`HFBackbone` of ``model`` (a MaskedDiffusionLM or the backbone) as a transformers folder."""
+    backbone = model if isinstance(model, HFBackbone) else getattr(model, "backbone", None)
+    if not isinstance(backbone, HFBackbone):
+        raise TypeError(
+            f"export_pretrained needs an HFBackbone or a module whose .backbone is one, got {type(model).__name__}"
+        )
+    return backbone.save_pretrained(path, tokenizer=tokenizer, **kwargs)
+
