@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_one(name: str, config: str, overrides: list[str], seed: int, workdir: Path) -> dict:
+def run_one(name: str, config: str, overrides: list[str], seed: int, workdir: Path, threads: int | None = None) -> dict:
     """``mdlm fit`` one config with one seed; return its metrics.json content plus the command."""
     save_dir = workdir / "runs"
     run_name = f"{name}_seed{seed}"
@@ -38,13 +38,17 @@ def run_one(name: str, config: str, overrides: list[str], seed: int, workdir: Pa
     ]
     print("+", " ".join(cmd), flush=True)
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=workdir, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    proc = subprocess.run(cmd, cwd=REPO, env=env)
     wall = time.perf_counter() - t0
     metrics_file = save_dir / run_name / "version_0" / "metrics.json"
     result = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {"run": {}, "history": []}
     result["name"], result["seed"], result["config"], result["overrides"] = name, seed, config, overrides
     result["command"] = " ".join(["mdlm", *cmd[1:]])
     result["returncode"], result["process_wall_time_s"] = proc.returncode, round(wall, 1)
+    result["threads"] = threads
     return result
 
 
@@ -54,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--workdir", type=Path, default=Path("experiments"))
+    parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of each run")
     args = parser.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     results = json.loads(args.out.read_text())["runs"] if args.out.is_file() else []
@@ -62,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         config, *overrides = rest.split(";")
         for seed in args.seeds:
             results = [r for r in results if not (r["name"] == name and r["seed"] == seed)]
-            results.append(run_one(name, config, [o for o in overrides if o], seed, args.workdir.resolve()))
+            results.append(run_one(name, config, [o for o in overrides if o], seed, args.workdir.resolve(), args.threads))
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps({"runs": results}, indent=1))
     print(f"wrote {args.out}")

@@ -1,6 +1,6 @@
 """Turn ``parity.json`` (from ``parity_grokking.py``) into the README table and a PNG.
 
-    python benchmarks/parity_report.py benchmarks/results/parity.json --png benchmarks/results/parity.png --readme README.md
+    python benchmarks/parity_report.py benchmarks/results/parity*.json --png benchmarks/results/parity.png --readme README.md
 
 The table sits in the README between ``<!-- parity-table:start -->`` and ``<!-- parity-table:end -->``;
 ``tests/test_results_tables.py`` checks that it equals what this script generates from the JSON.
@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+from mdlm.results import replace_readme_section
 
 START, END = "<!-- parity-table:start -->", "<!-- parity-table:end -->"
 TARGET = 0.99
@@ -37,6 +39,11 @@ def summarize(run: dict) -> dict:
         "final_val": last.get("val/label_acc"),
         "wall_s": run.get("run", {}).get("wall_time_s"),
     }
+
+
+def load(files: list[Path]) -> dict:
+    """Concatenate the runs of several results files."""
+    return {"runs": [run for f in files for run in json.loads(Path(f).read_text())["runs"]]}
 
 
 def _fmt(x, spec="{:.0f}", none="—"):
@@ -88,28 +95,19 @@ def plot(results: dict, png: Path) -> None:
     fig.savefig(png, dpi=110)
 
 
-def update_readme(readme: Path, text: str) -> None:
-    content = readme.read_text()
-    if START not in content or END not in content:
-        raise SystemExit(f"{readme} has no {START} ... {END} section")
-    head, rest = content.split(START, 1)
-    _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{START}\n{text}\n{END}{tail}")
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("results", type=Path)
+    parser.add_argument("results", type=Path, nargs="+", help="one or more results files (runs are concatenated)")
     parser.add_argument("--png", type=Path)
     parser.add_argument("--readme", type=Path)
     args = parser.parse_args(argv)
-    results = json.loads(args.results.read_text())
+    results = load(args.results)
     text = table(results)
     print(text)
     if args.png:
         plot(results, args.png)
     if args.readme:
-        update_readme(args.readme, text)
+        replace_readme_section(args.readme, START, END, text)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 from lightning.pytorch import LightningModule
 
+from mdlm.answers import AnswerAccuracy, extract_answer, is_correct
+from mdlm.generation import generate, get_preset
 from mdlm.metrics import NELBO, TokenAccuracy
 from mdlm.objective import (
     LossWeight,
@@ -81,6 +83,14 @@ class MaskedDiffusionLM(LightningModule):
         eval_seed: seed of evaluation t and masks (keyed by global sample index).
         eval_eps: floor of the evaluation t range [eval_eps, 1].
         num_eval_t_bins: number of evaluation-t bins of the NELBO decomposition.
+        generation_preset: named protocol of :data:`mdlm.generation.PRESETS` used by
+            ``test``/``predict`` on generation batches (``prompt_input_ids``): ``cpu_tiny``,
+            ``llada_gsm8k``, ``llada_math``.
+        generation_overrides: fields of that preset to change, e.g. ``{gen_length: 128, steps: 128}``.
+
+    Batches with ``prompt_input_ids`` (SFT test/predict loaders) are answered by the reverse
+    process (:func:`mdlm.generation.generate`), decoded with the data module's tokenizer and
+    scored with :func:`mdlm.answers.is_correct`: ``test/answer_acc`` (+ per group).
     """
 
     def __init__(
@@ -103,6 +113,8 @@ class MaskedDiffusionLM(LightningModule):
         eval_seed: int = 0,
         eval_eps: float = 1e-3,
         num_eval_t_bins: int = 10,
+        generation_preset: str = "cpu_tiny",
+        generation_overrides: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if not 0 <= mask_token_id < vocab_size:
@@ -117,6 +129,7 @@ class MaskedDiffusionLM(LightningModule):
             if not 0 <= tok < vocab_size:
                 raise ValueError(f"suppress_token_ids contains {tok}, outside the vocabulary [0, {vocab_size})")
         check_loss_options(loss_weight, normalization)
+        self.generation_config = get_preset(generation_preset).replace(**(generation_overrides or {}))
         self.save_hyperparameters()
         if backbone is None:
             from mdlm.models.transformer import Transformer
@@ -192,7 +205,8 @@ class MaskedDiffusionLM(LightningModule):
             u = sampler.mask_uniforms((B, L), step, first, device=input_ids.device)
             noisy, masked = mask_tokens(input_ids, t, self.mask_token_id, u, maskable)
             nll = token_nll(self(noisy, attention_mask), input_ids, self.suppressed)
-            loss = md_loss(nll, masked, t, maskable, self.loss_weight, self.normalization)
+            weights = getattr(sampler, "importance_weights", None)  # AdaptiveBins(mode="importance")
+            loss = md_loss(nll, masked, t, maskable, self.loss_weight, self.normalization, sequence_weights=weights)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         self.log("train/masked_fraction", masked.float().mean(), on_step=True, on_epoch=False)
         return loss
@@ -205,6 +219,9 @@ class MaskedDiffusionLM(LightningModule):
             "test": list(getattr(dm, "test_dataloader_names", None) or ["test"]),
         }
         self._eval_names = names
+        if stage == "test" and "answer_acc" not in self.eval_metrics:
+            groups = sorted(getattr(dm, "answer_groups", None) or [])
+            self.eval_metrics["answer_acc"] = AnswerAccuracy(groups=groups or None)
         for name in names["validate"] + names["test"]:
             if _metric_key(name) not in self.eval_metrics:
                 self.eval_metrics[_metric_key(name)] = nn.ModuleDict(
@@ -270,13 +287,66 @@ class MaskedDiffusionLM(LightningModule):
         self._eval_epoch_end("validate")
 
     def test_step(self, batch, batch_idx, dataloader_idx: int = 0) -> None:
+        if "prompt_input_ids" in batch:
+            records = self._answer(batch)
+            scored = [r for r in records if r["correct"] is not None]
+            if scored:
+                metric = self.eval_metrics["answer_acc"]
+                groups = [r["group"] for r in scored] if metric.groups else None
+                metric.update([r["correct"] for r in scored], groups)
+            return
         self._eval_step(batch, batch_idx, dataloader_idx, "test")
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
+        if "answer_acc" in self.eval_metrics and self.eval_metrics["answer_acc"].update_count:
+            metric = self.eval_metrics["answer_acc"]
+            self.log_dict({k: float(v) for k, v in metric.flat("test/answer_").items()}, add_dataloader_idx=False)
+            metric.reset()
 
-    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        """One-step denoising: fill every [MASK] of ``input_ids`` with the argmax prediction."""
+    def _answer(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
+        """Generate an answer for every prompt of a generation batch, decode, extract and check it."""
+        dm = getattr(self.trainer, "datamodule", None)
+        tokenizer = getattr(dm, "tokenizer", None)
+        if tokenizer is None:
+            raise RuntimeError("generation batches need a data module with a `tokenizer` to decode answers")
+        eos = getattr(dm, "eos_token_id", None)
+        pad = getattr(dm, "pad_token_id", None)
+        out = generate(
+            self,
+            batch["prompt_input_ids"],
+            attention_mask=batch["prompt_attention_mask"],
+            mask_token_id=self.mask_token_id,
+            eos_token_id=eos,
+            pad_token_id=pad if pad is not None else eos,
+            suppress_token_ids=[t for t in self.suppressed if t != self.mask_token_id],
+            **self.generation_config.generate_kwargs(),
+        )
+        records = []
+        for i, sequence in enumerate(out.sequences):
+            text = tokenizer.decode(sequence, skip_special_tokens=True)
+            dataset = batch["dataset"][i]
+            reference = batch["reference"][i]
+            scorable = dataset in ("gsm8k", "math") and reference is not None
+            records.append(
+                {
+                    "index": int(batch["index"][i]),
+                    "dataset": dataset,
+                    "group": batch["group"][i],
+                    "prompt": batch["prompt_text"][i],
+                    "generation": text,
+                    "extracted": extract_answer(text, dataset) if scorable else None,
+                    "reference": reference,
+                    "correct": bool(is_correct(text, reference, dataset)) if scorable else None,
+                }
+            )
+        return records
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> Any:
+        """Generation batches: a list of answer records (prompt, generation, extracted answer,
+        reference, correct). Other batches: one-step denoising of every [MASK] of ``input_ids``."""
+        if "prompt_input_ids" in batch:
+            return self._answer(batch)
         input_ids, _, attention_mask = self._batch_parts(batch)
         logits = suppress_tokens(self(input_ids, attention_mask).float(), self.suppressed)
         filled = torch.where(input_ids == self.mask_token_id, logits.argmax(-1), input_ids)

@@ -110,12 +110,19 @@ def md_loss(
     maskable: torch.Tensor | None,
     loss_weight: LossWeight,
     normalization: Normalization,
+    sequence_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The weighted, normalised MD loss of the module docstring (a scalar)."""
+    """The weighted, normalised MD loss of the module docstring (a scalar).
+
+    ``sequence_weights`` [B] multiplies each sequence's term (importance weights p(t)/q(t) of an
+    adaptive proposal: the expected loss is then that of the target distribution p).
+    """
     B, L = nll.shape
     masked_nll = torch.where(masked, nll, torch.zeros_like(nll))
     w = loss_weights(t.to(nll.dtype), loss_weight)
     per_seq = w * masked_nll.sum(-1)  # [B]
+    if sequence_weights is not None:
+        per_seq = per_seq * sequence_weights.to(per_seq.dtype)
     if maskable is None:
         maskable_count = torch.full((B,), L, dtype=nll.dtype, device=nll.device)
     else:

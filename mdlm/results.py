@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import BasePredictionWriter
 
 
 def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
@@ -58,6 +59,17 @@ def _scalar(value: Any) -> float | None:
     if isinstance(value, (int, float)):
         return float(value)
     return None
+
+
+def replace_readme_section(readme: str | os.PathLike, start: str, end: str, text: str) -> None:
+    """Rewrite the text between the ``start`` and ``end`` marker lines of a README (generated tables)."""
+    path = Path(readme)
+    content = path.read_text()
+    if start not in content or end not in content:
+        raise ValueError(f"{path} has no {start} ... {end} section")
+    head, rest = content.split(start, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{start}\n{text}\n{end}{tail}")
 
 
 class MetricsHistory(Callback):
@@ -126,3 +138,49 @@ class MetricsHistory(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict.get("history", []))
+
+
+class JsonlPredictionWriter(BasePredictionWriter):
+    """Write ``mdlm predict`` answer records as JSON lines (one file per rank).
+
+    Each line: index, dataset, group, prompt, generation, extracted answer, reference, correct.
+    Non-record predictions (tensors) are written as lists.
+
+    Args:
+        output_path: the JSONL file; rank r > 0 writes ``<stem>.rank<r>.jsonl`` beside it.
+    """
+
+    def __init__(self, output_path: str = "predictions.jsonl") -> None:
+        super().__init__(write_interval="batch")
+        self.output_path = output_path
+        self._file = None
+
+    def _path(self, trainer: Trainer) -> Path:
+        path = Path(self.output_path)
+        if trainer.global_rank > 0:
+            path = path.with_name(f"{path.stem}.rank{trainer.global_rank}{path.suffix}")
+        return path
+
+    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        path = self._path(trainer)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = path.open("w")
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
+        records = prediction if isinstance(prediction, list) else [prediction]
+        for record in records:
+            if isinstance(record, dict):
+                record = {k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in record.items()}
+            self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        path = self._path(trainer)
+        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        scored = [r for r in lines if isinstance(r, dict) and r.get("correct") is not None]
+        if scored:
+            accuracy = sum(r["correct"] for r in scored) / len(scored)
+            print(f"wrote {len(lines)} predictions to {path}; answer accuracy {accuracy:.4f} on {len(scored)} scored")

@@ -241,12 +241,23 @@ def test_on_overflow_error_drop_truncate(tmp_path, gpt2, caplog):
 
 
 @needs_gpt2
-@pytest.mark.parametrize("on_overflow", ["error", "drop", "truncate_response"])
-def test_prompt_longer_than_max_length_is_always_an_error(tmp_path, on_overflow):
+@pytest.mark.parametrize("on_overflow", ["error", "truncate_response"])
+def test_prompt_longer_than_max_length_is_an_error(tmp_path, on_overflow):
     recs = RECORDS[:2] + [{"question": "word " * 100, "answer": "x\n#### 1"}]
     train = write_jsonl(tmp_path / "train.jsonl", recs)
     with pytest.raises(SFTDataError, match=r"train.jsonl:3: the prompt has \d+ tokens, at least max_length=32"):
         make_dm(train, max_length=32, on_overflow=on_overflow).setup("fit")
+
+
+@needs_gpt2
+def test_prompt_longer_than_max_length_is_dropped_and_counted_with_drop(tmp_path):
+    recs = RECORDS[:2] + [{"question": "word " * 100, "answer": "x\n#### 1"}]
+    train = write_jsonl(tmp_path / "train.jsonl", recs)
+    dm = make_dm(train, max_length=32, on_overflow="drop")
+    dm.setup("fit")
+    kept = [dm.train_set[i]["index"] for i in range(len(dm.train_set))]
+    assert 2 not in kept  # the record with the long prompt (0-based index 2) is gone ...
+    assert dm.stats["train"].dropped_overflow == 3 - len(kept) >= 1  # ... and counted
 
 
 # --------------------------------------------------------------------------- generation batches

@@ -35,11 +35,34 @@ def test_parity_summary_on_a_hand_made_history():
 
 
 def test_readme_parity_table_matches_the_json():
-    results_file = REPO / "benchmarks" / "results" / "parity.json"
+    files = sorted((REPO / "benchmarks" / "results").glob("parity*.json"))
     readme = (REPO / "README.md").read_text()
     report = _load("parity_report")
     if report.START not in readme:
-        assert not results_file.exists(), "parity.json exists but the README has no parity table"
+        assert not files, "parity results exist but the README has no parity table"
         pytest.skip("no parity results shipped yet")
     section = readme.split(report.START, 1)[1].split(report.END, 1)[0].strip()
-    assert section == report.table(json.loads(results_file.read_text()))
+    assert section == report.table(report.load(files))
+
+
+def test_readme_wikitext_ablation_table_matches_the_json():
+    results_file = REPO / "benchmarks" / "results" / "wikitext_ablation.json"
+    readme = (REPO / "README.md").read_text()
+    ablation = _load("wikitext_ablation")
+    if ablation.START not in readme:
+        assert not results_file.exists(), "wikitext_ablation.json exists but the README has no ablation table"
+        pytest.skip("no ablation results shipped yet")
+    section = readme.split(ablation.START, 1)[1].split(ablation.END, 1)[0].strip()
+    assert section == ablation.table(json.loads(results_file.read_text()))
+
+
+def test_ablation_summary_mean_and_standard_error():
+    ablation = _load("wikitext_ablation")
+    runs = [
+        {"name": "bin4", "seed": 0, "final": {"val/nelbo": 4.0}},
+        {"name": "bin4", "seed": 1, "final": {"val/nelbo": 5.0}},
+        {"name": "uniform", "seed": 0, "final": {"val/nelbo": 6.0}},
+    ]
+    rows = {r["name"]: r for r in ablation.summarize({"runs": runs})}
+    assert rows["bin4"]["mean"] == 4.5 and rows["bin4"]["se"] == pytest.approx(0.5)  # sd 0.7071 / sqrt(2)
+    assert rows["uniform"]["n"] == 1

@@ -690,7 +690,7 @@ class SFTDataModule(LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["mask_token_id"])  # the model logs the resolved id
         _check_choice("dataset", dataset, DATASETS)
         _check_choice("template", template, TEMPLATES)
         _check_choice("pad_to", pad_to, PAD_TO)
@@ -840,9 +840,13 @@ class SFTDataModule(LightningDataModule):
         for it in items:
             P = len(it.prompt_ids)
             if P >= L:
+                if self.on_overflow == "drop":  # counted with the other overflows
+                    overflow.append((it.record.where, P + len(it.response_ids)))
+                    continue
                 raise SFTDataError(
                     f"{it.record.where}: the prompt has {P} tokens, at least max_length={L}, which leaves no room "
-                    "for a response; raise max_length (or shorten the prompt / use fewer shots)"
+                    "for a response; raise max_length, shorten the prompt / use fewer shots, or set "
+                    "on_overflow='drop' to drop (and count) such records"
                 )
             seq = it.prompt_ids + it.response_ids
             if len(seq) > L:
@@ -939,6 +943,13 @@ class SFTDataModule(LightningDataModule):
         for split in splits:
             if self.has_split(split) or (split == "train" and stage == "fit"):
                 self.split_dataset(split)
+
+    @property
+    def answer_groups(self) -> list[str]:
+        """The group labels of the test prompts (e.g. MATH levels), for per-group answer accuracy."""
+        if not self.has_split("test"):
+            return []
+        return sorted({item["group"] for item in self.test_set.items})
 
     @property
     def train_set(self) -> SFTDataset:

@@ -1,5 +1,6 @@
 """Mask-ratio samplers: Lightning callbacks that choose t for each training sequence."""
 
+from mdlm.samplers.adaptive import AdaptiveBins
 from mdlm.samplers.base import MaskRatioSampler
 from mdlm.samplers.curriculum import Curriculum, LinearCurriculum
 from mdlm.samplers.parity import (
@@ -8,6 +9,7 @@ from mdlm.samplers.parity import (
     signal_optimal_window_max,
     signal_probability,
 )
+from mdlm.samplers.schedules import CosineCurriculum, Mixture, StepCurriculum, WarmStart, WindowCurriculum
 from mdlm.samplers.windows import Bins, Fixed, Uniform, Window
 
 __all__ = [
@@ -18,6 +20,12 @@ __all__ = [
     "Bins",
     "Curriculum",
     "LinearCurriculum",
+    "WindowCurriculum",
+    "CosineCurriculum",
+    "StepCurriculum",
+    "WarmStart",
+    "Mixture",
+    "AdaptiveBins",
     "ParitySignalOptimal",
     "signal_probability",
     "signal_optimal_point",

@@ -1,0 +1,165 @@
+"""The ten-bin mask-window ablation on WikiText at CPU scale, plus U[0, 1], several seeds.
+
+Every run is ``mdlm fit --config configs/wikitext_ablation.yaml`` with one override (the bin, or
+``--sampler=mdlm.samplers.Uniform``) at equal steps; its final evaluation is the NELBO per token
+over t ∈ [0, 1] on the WikiText-2 test split. ``--workers`` runs that many fits at once (each with
+``--threads`` threads). Results go to one JSON; ``--png`` plots test loss per training bin with
+U[0, 1] as a line, and ``--readme`` rewrites the table between the README's markers.
+
+    python benchmarks/wikitext_ablation.py --seeds 0 1 --workers 1 --threads 1 \
+        --out benchmarks/results/wikitext_ablation.json --png benchmarks/results/wikitext_ablation.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from mdlm.results import replace_readme_section
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = "configs/wikitext_ablation.yaml"
+START, END = "<!-- wikitext-ablation:start -->", "<!-- wikitext-ablation:end -->"
+#: the paper's test loss after 6,000 steps (50M model, batch 1024, context 150), read off its figure
+PAPER = [4.756, 3.984, 3.792, 3.678, 3.615, 3.617, 3.793, 4.005, 4.065, 4.812]
+PAPER_UNIFORM = 3.880
+
+
+def run_names(num_bins: int = 10) -> list[tuple[str, list[str]]]:
+    runs = [(f"bin{i}", [f"--sampler.init_args.index={i}"]) for i in range(num_bins)]
+    return runs + [("uniform", ["--sampler=mdlm.samplers.Uniform"])]
+
+
+def run_one(name: str, overrides: list[str], seed: int, workdir: Path, threads: int, extra: list[str]) -> dict:
+    run_name = f"{name}_seed{seed}"
+    shutil.rmtree(workdir / run_name, ignore_errors=True)
+    exe = shutil.which("mdlm") or str(Path(sys.executable).parent / "mdlm")
+    cmd = [
+        exe, "fit", "--config", str(REPO / CONFIG), f"--seed_everything={seed}", *overrides, *extra,
+        f"--trainer.logger.init_args.save_dir={workdir}", f"--trainer.logger.init_args.name={run_name}",
+        "--trainer.enable_progress_bar=false", "--trainer.enable_checkpointing=false",
+    ]
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS=str(threads))
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    metrics_file = workdir / run_name / "version_0" / "metrics.json"
+    if proc.returncode != 0 or not metrics_file.is_file():
+        print(proc.stderr[-3000:], file=sys.stderr)
+    data = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {"run": {}, "history": []}
+    final = data["history"][-1] if data["history"] else {}
+    print(f"{run_name}: test nelbo {final.get('val/nelbo')} in {wall:.0f} s", flush=True)
+    return {
+        "name": name, "seed": seed, "command": " ".join(["mdlm", *cmd[1:]]), "returncode": proc.returncode,
+        "wall_time_s": round(wall, 1), "threads": threads, "final": final, "run": data.get("run", {}),
+    }
+
+
+def summarize(results: dict) -> list[dict]:
+    """Mean and standard error of the final test NELBO per run name, in run order."""
+    rows = []
+    for name, _ in run_names():
+        values = [r["final"]["val/nelbo"] for r in results["runs"] if r["name"] == name and "val/nelbo" in r["final"]]
+        if not values:
+            continue
+        mean = sum(values) / len(values)
+        se = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values)) if len(values) > 1 else float("nan")
+        rows.append({"name": name, "n": len(values), "mean": mean, "se": se})
+    return rows
+
+
+def table(results: dict) -> str:
+    rows = summarize(results)
+    by_name = {r["name"]: r for r in rows}
+    ranked = sorted((r for r in rows if r["name"] != "uniform"), key=lambda r: r["mean"])
+    rank = {r["name"]: i + 1 for i, r in enumerate(ranked)}
+    paper_rank = {f"bin{i}": j + 1 for j, i in enumerate(sorted(range(10), key=lambda i: PAPER[i]))}
+    lines = [
+        "| training t | test NELBO/token (mean ± s.e.) | rank here | paper test loss | paper rank |",
+        "|---|---|---|---|---|",
+    ]
+    for i in range(10):
+        r = by_name.get(f"bin{i}")
+        if r is None:
+            continue
+        lines.append(
+            f"| [{i / 10:.1f}, {(i + 1) / 10:.1f}] | {r['mean']:.3f} ± {r['se']:.3f} (n={r['n']}) | {rank[r['name']]} | "
+            f"{PAPER[i]:.3f} | {paper_rank[f'bin{i}']} |"
+        )
+    if "uniform" in by_name:
+        u = by_name["uniform"]
+        lines.append(f"| U[0, 1] | {u['mean']:.3f} ± {u['se']:.3f} (n={u['n']}) | — | {PAPER_UNIFORM:.3f} | — |")
+    return "\n".join(lines)
+
+
+def plot(results: dict, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = {r["name"]: r for r in summarize(results)}
+    centers = [(i + 0.5) / 10 for i in range(10) if f"bin{i}" in rows]
+    means = [rows[f"bin{i}"]["mean"] for i in range(10) if f"bin{i}" in rows]
+    ses = [rows[f"bin{i}"]["se"] for i in range(10) if f"bin{i}" in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    ax.errorbar(centers, means, yerr=ses, marker="o", capsize=3, label="training bin (this CPU)")
+    if "uniform" in rows:
+        ax.axhline(rows["uniform"]["mean"], color="C1", ls="--", label="U[0, 1] (this CPU)")
+    ax.set_xlabel("training mask-ratio bin (center)")
+    ax.set_ylabel("test NELBO / token, t ∈ [0, 1]")
+    steps = {r["final"].get("step") for r in results["runs"] if r["final"]}
+    ax.set_title(f"WikiText-2, tiny preset, {', '.join(map(str, sorted(s for s in steps if s)))} steps")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--only", nargs="*", help="run names to (re)run, e.g. bin0 uniform")
+    parser.add_argument("--extra", action="append", default=[], help="an extra CLI override for every run (repeatable)")
+    parser.add_argument("--workdir", type=Path, default=Path("experiments/wikitext_ablation"))
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--png", type=Path)
+    parser.add_argument("--readme", type=Path)
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args(argv)
+    results = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": []}
+    if not args.report_only:
+        workdir = args.workdir.resolve()
+        workdir.mkdir(parents=True, exist_ok=True)
+        jobs = [(n, o, s) for s in args.seeds for n, o in run_names() if not args.only or n in args.only]
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=args.workers) as pool:
+            futures = [pool.submit(run_one, n, o, s, workdir, args.threads, args.extra) for n, o, s in jobs]
+            for future in futures:
+                r = future.result()
+                results["runs"] = [x for x in results["runs"] if not (x["name"] == r["name"] and x["seed"] == r["seed"])]
+                results["runs"].append(r)
+                results["total_wall_time_s"] = round(time.perf_counter() - t0, 1)
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps(results, indent=1))
+    text = table(results)
+    print(text)
+    if args.png:
+        plot(results, args.png)
+    if args.readme:
+        replace_readme_section(args.readme, START, END, text)
+
+
+if __name__ == "__main__":
+    main()
