@@ -76,8 +76,13 @@ def plot(results: dict, png: Path) -> None:
     except ImportError as err:  # pragma: no cover
         raise SystemExit("plots need matplotlib: pip install 'mdlm[plot]'") from err
     names = sorted({r["name"] for r in results["runs"]})
-    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.6), sharey=True, squeeze=False)
-    for ax, name in zip(axes[0], names):
+    ncols = min(3, len(names))
+    nrows = -(-len(names) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3.4 * nrows), sharey=True, squeeze=False)
+    flat = [ax for row in axes for ax in row]
+    for ax in flat[len(names):]:
+        ax.axis("off")
+    for ax, name in zip(flat, names):
         for run in (r for r in results["runs"] if r["name"] == name):
             hist = [h for h in run["history"] if "val/label_acc" in h]
             steps = [h["step"] for h in hist]
@@ -88,8 +93,8 @@ def plot(results: dict, png: Path) -> None:
         ax.set_xlabel("optimizer step")
         ax.axhline(TARGET, color="grey", lw=0.5)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("label accuracy")
-    axes[0][-1].legend(fontsize=7, loc="lower right")
+        ax.set_ylabel("label accuracy")
+        ax.legend(fontsize=6, loc="center right")
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)

@@ -142,7 +142,12 @@ def main(argv: list[str] | None = None) -> None:
     if not args.report_only:
         workdir = args.workdir.resolve()
         workdir.mkdir(parents=True, exist_ok=True)
-        jobs = [(n, o, s) for s in args.seeds for n, o in run_names() if not args.only or n in args.only]
+        runs = dict(run_names())
+        order = args.only or list(runs)  # --only also sets the order
+        for name in order:
+            if name not in runs:
+                raise SystemExit(f"unknown run {name!r}; known: {', '.join(runs)}")
+        jobs = [(n, runs[n], s) for s in args.seeds for n in order]
         t0 = time.perf_counter()
         with ThreadPoolExecutor(max_workers=args.workers) as pool:
             futures = [pool.submit(run_one, n, o, s, workdir, args.threads, args.extra) for n, o, s in jobs]
