@@ -2,14 +2,21 @@
 
 from mdlm.samplers.adaptive import AdaptiveBins
 from mdlm.samplers.base import MaskRatioSampler
-from mdlm.samplers.curriculum import Curriculum, LinearCurriculum
+from mdlm.samplers.curriculum import Curriculum
 from mdlm.samplers.parity import (
     ParitySignalOptimal,
     signal_optimal_point,
     signal_optimal_window_max,
     signal_probability,
 )
-from mdlm.samplers.schedules import CosineCurriculum, Mixture, StepCurriculum, WarmStart, WindowCurriculum
+from mdlm.samplers.schedules import (
+    CosineCurriculum,
+    LinearCurriculum,
+    Mixture,
+    StepCurriculum,
+    WarmStart,
+    WindowCurriculum,
+)
 from mdlm.samplers.windows import Bins, Fixed, Uniform, Window
 
 __all__ = [

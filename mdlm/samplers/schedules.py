@@ -160,6 +160,20 @@ class WindowCurriculum(_WindowMixin, Curriculum):
         )
 
 
+class LinearCurriculum(WindowCurriculum):
+    """:class:`WindowCurriculum` with ``shape="linear"``: default U[0, 1] into [0.45, 0.55]."""
+
+    def __init__(
+        self,
+        start: tuple[float, float] = (0.0, 1.0),
+        end: tuple[float, float] = (0.45, 0.55),
+        start_progress: float = 0.0,
+        end_progress: float = 1.0,
+        **kwargs,
+    ) -> None:
+        super().__init__(start, end, "linear", start_progress, end_progress, **kwargs)
+
+
 class CosineCurriculum(WindowCurriculum):
     """:class:`WindowCurriculum` with ``shape="cosine"``."""
 
