@@ -296,20 +296,7 @@ class MDLMEvalHarness(LM):
             pairs.append((self._fit(ctx, self.max_length - len(cont), f"request {n}"), cont))
         items = [_key(ctx) for ctx, _ in pairs]
         bar = self._bar(None, "mdlm loglikelihood (sequences)", disable_tqdm)
-        estimates = estimate_log_likelihoods(
-            self.model,
-            pairs,
-            mask_token_id=self.mask_token_id,
-            mc_num=self.mc_num,
-            batch_size=self.batch_size,
-            seed=self.seed,
-            items=items,
-            stratified=self.stratified,
-            suppress_token_ids=self.suppress_token_ids,
-            max_length=self.max_length,
-            device=self._device,
-            progress=bar.update,
-        )
+        estimates = self._estimate(pairs, items, progress=bar.update)
         bar.close()
         if self.check_greedy:
             greedy = greedy_matches(
@@ -329,6 +316,23 @@ class MDLMEvalHarness(LM):
             self.cache_hook.add_partial("loglikelihood", req.args, result)
             out.append(result)
         return out
+
+    def _estimate(self, pairs: list, items: list, progress=None) -> list:
+        """The Monte Carlo ELBO of (prompt, continuation) ``pairs`` with this harness model's settings."""
+        return estimate_log_likelihoods(
+            self.model,
+            pairs,
+            mask_token_id=self.mask_token_id,
+            mc_num=self.mc_num,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            items=items,
+            stratified=self.stratified,
+            suppress_token_ids=self.suppress_token_ids,
+            max_length=self.max_length,
+            device=self._device,
+            progress=progress,
+        )
 
     def _windows(self, tokens: list[int]) -> list[tuple[list[int], list[int]]]:
         """(prompt, continuation) windows that score every token once, each with maximal context."""
@@ -354,19 +358,7 @@ class MDLMEvalHarness(LM):
                 pairs.append(window)
                 items.append((key, k))
                 owner.append(n)
-        estimates = estimate_log_likelihoods(
-            self.model,
-            pairs,
-            mask_token_id=self.mask_token_id,
-            mc_num=self.mc_num,
-            batch_size=self.batch_size,
-            seed=self.seed,
-            items=items,
-            stratified=self.stratified,
-            suppress_token_ids=self.suppress_token_ids,
-            max_length=self.max_length,
-            device=self._device,
-        )
+        estimates = self._estimate(pairs, items)
         totals = [0.0] * len(requests)
         for n, est in zip(owner, estimates):
             totals[n] += est.mean
