@@ -3,6 +3,10 @@
 ``mdlm fit --config configs/parity_md.yaml``; ``mdlm validate|test|predict --config … --ckpt_path …``;
 ``--print_config``; dotted overrides such as ``--sampler.init_args.t_max=0.1``.
 
+Every run also gets a :class:`mdlm.throughput.TokenThroughputMonitor` (tokens/s, FLOP/s, MFU) from
+the top-level ``throughput`` key; ``--throughput.init_args.log_every_n_steps=100`` configures it and
+``--throughput=null`` (or ``throughput: null`` in a config) removes it.
+
 The vocabulary size and the [MASK] id are known only once the data module has loaded its
 tokenizer, so they are linked from ``data`` into ``model`` when the classes are instantiated.
 """
@@ -20,6 +24,7 @@ from lightning.pytorch.cli import LightningCLI  # noqa: E402
 
 from mdlm.module import MaskedDiffusionLM  # noqa: E402
 from mdlm.samplers.base import MaskRatioSampler  # noqa: E402
+from mdlm.throughput import TokenThroughputMonitor  # noqa: E402
 
 TRAINER_DEFAULTS = {
     "logger": {
@@ -30,15 +35,17 @@ TRAINER_DEFAULTS = {
 
 
 class MDLMCLI(LightningCLI):
-    """LightningCLI plus the mask-ratio sampler as its own top-level, overridable key."""
+    """LightningCLI plus the mask-ratio sampler and the throughput monitor as top-level, overridable keys."""
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(MaskRatioSampler, "sampler", subclass_mode=True, required=False)
+        parser.add_lightning_class_args(TokenThroughputMonitor, "throughput", subclass_mode=True, required=False)
+        parser.set_defaults({"throughput": {"class_path": "mdlm.throughput.TokenThroughputMonitor"}})
         parser.link_arguments("data.vocab_size", "model.init_args.vocab_size", apply_on="instantiate")
         parser.link_arguments("data.mask_token_id", "model.init_args.mask_token_id", apply_on="instantiate")
 
     def instantiate_trainer(self, **kwargs):
-        """Instantiate the Trainer; an unset ``sampler: null`` adds no callback."""
+        """Instantiate the Trainer; ``sampler: null`` / ``throughput: null`` add no callback."""
         trainer = super().instantiate_trainer(**kwargs)
         trainer.callbacks = [cb for cb in trainer.callbacks if cb is not None]
         return trainer

@@ -19,14 +19,14 @@ from mdlm.objective import (
     Normalization,
     check_loss_options,
     mask_tokens,
-    md_loss,
+    md_loss_parts,
     nelbo_sums,
     suppress_tokens,
     token_nll,
 )
 from mdlm.optim import lr_factor, parameter_groups
 from mdlm.rng import keyed_uniform
-from mdlm.samplers.base import MaskRatioSampler
+from mdlm.samplers.base import MaskRatioSampler, global_batch_rows
 
 #: a backbone factory: called with the vocabulary size, returns a module mapping
 #: ``(input_ids [B, L], attention_mask [B, L] | None) -> logits [B, L, V]``
@@ -50,6 +50,37 @@ def evaluation_t(index: torch.Tensor, seed: int, eps: float) -> torch.Tensor:
     u0 = keyed_uniform((seed, STREAM_EVAL_T), device=index.device, dtype=torch.float64)
     u = torch.frac(u0 + index.to(torch.float64) * GOLDEN_FRACTION)
     return (eps + (1.0 - eps) * u).to(torch.float32)
+
+
+def rng_states() -> dict[str, Any]:
+    """The global RNG states of torch (CPU and CUDA), Python and numpy, as plain types and tensors
+    (loadable with ``torch.load(weights_only=True)``)."""
+    import random
+
+    import numpy as np
+
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "torch.cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": random.getstate(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
+    }
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what :func:`rng_states` returned (CUDA states only where CUDA is available)."""
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(states["torch"])
+    if states.get("torch.cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["torch.cuda"])
+    version, state, gauss = states["python"]
+    random.setstate((version, tuple(state), gauss))
+    name, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
 
 
 def nelbo_has_data(values: dict[str, torch.Tensor]) -> bool:
@@ -145,6 +176,8 @@ class MaskedDiffusionLM(LightningModule):
         self.normalization = normalization
         self.eval_metrics = nn.ModuleDict()
         self._eval_names: dict[str, list[str]] = {}
+        self._window: list[torch.Tensor] | None = None  # (reference Z, running sum of Z) of the accumulation window
+        self.last_grad_norm: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ model
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -186,30 +219,165 @@ class MaskedDiffusionLM(LightningModule):
         return input_ids, batch.get("maskable"), batch.get("attention_mask")
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        r"""One micro-batch of the MD (or output-supervision) loss, normalised over the *global* batch.
+
+        The loss of an optimizer step is :math:`\sum_{a,r} N_{a,r} / \max(1, \sum_{a,r} Z_{a,r})` over
+        accumulation micro-steps a and data-parallel ranks r (:func:`mdlm.objective.md_loss_parts`).
+        Each micro-step all-reduces :math:`(N, Z)` over the ranks (one 2-element all-reduce) and
+        back-propagates :math:`W N_r / Z_{\mathrm{ref}}` with :math:`Z_{\mathrm{ref}}` the global Z of the
+        window's first micro-step: DDP/FSDP average gradients over the W ranks and Lightning divides
+        by the A accumulation steps, so the accumulated gradient is
+        :math:`\sum_{a,r} \nabla N_{a,r} / (A Z_{\mathrm{ref}})`; :meth:`on_before_optimizer_step` rescales it
+        by :math:`A Z_{\mathrm{ref}} / \sum_a Z_a` (a no-op without accumulation). The result equals one
+        process on the same global batch. t and masks are keyed by (seed, optimizer step, global row)
+        (:func:`mdlm.samplers.base.global_batch_rows`). Logged ``train/loss`` is the global
+        micro-batch loss :math:`\sum_r N_r / \max(1, \sum_r Z_r)`.
+        """
         input_ids, maskable, attention_mask = self._batch_parts(batch)
         B, L = input_ids.shape
+        rank, world, _ = self._data_parallel()
+        accumulate = max(1, int(self.trainer.accumulate_grad_batches))
+        micro = batch_idx % accumulate
         if self.objective == "output_supervision":
             query = batch["query_mask"]
             noisy = torch.where(query, torch.full_like(input_ids, self.mask_token_id), input_ids)
             nll = token_nll(self(noisy, attention_mask), input_ids, self.suppressed)
             t = torch.ones(B, device=input_ids.device)
-            loss = md_loss(nll, query, t, query, "none", "masked_tokens")
+            numerator, normaliser = md_loss_parts(nll, query, t, query, "none", "masked_tokens")
             masked = query
         else:
             sampler = self.sampler
-            step = self.trainer.fit_loop.epoch_loop.total_batch_idx
-            first = self.global_rank * B
+            step = self.trainer.global_step
+            first, global_size = global_batch_rows(B, micro, rank, world, accumulate)
             total = self.trainer.estimated_stepping_batches
             progress = self.trainer.global_step / total if math.isfinite(total) and total > 0 else 0.0
-            t = sampler.draw(B, progress, step, first, B * self.trainer.world_size, device=input_ids.device)
+            t = sampler.draw(B, progress, step, first, global_size, device=input_ids.device)
             u = sampler.mask_uniforms((B, L), step, first, device=input_ids.device)
             noisy, masked = mask_tokens(input_ids, t, self.mask_token_id, u, maskable)
             nll = token_nll(self(noisy, attention_mask), input_ids, self.suppressed)
             weights = getattr(sampler, "importance_weights", None)  # AdaptiveBins(mode="importance")
-            loss = md_loss(nll, masked, t, maskable, self.loss_weight, self.normalization, sequence_weights=weights)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+            numerator, normaliser = md_loss_parts(
+                nll, masked, t, maskable, self.loss_weight, self.normalization, sequence_weights=weights
+            )
+        loss, global_loss = self._global_normalise(numerator, normaliser, micro, world)
+        self.log("train/loss", global_loss, prog_bar=True, on_step=True, on_epoch=False)
         self.log("train/masked_fraction", masked.float().mean(), on_step=True, on_epoch=False)
         return loss
+
+    # ------------------------------------------------------------------ distributed
+    def _data_parallel(self) -> tuple[int, int, Any]:
+        """(data-parallel rank, data-parallel world size W, process group of the all-reduce or None)."""
+        trainer = self._trainer
+        kwargs = (trainer.distributed_sampler_kwargs if trainer is not None else None) or {}
+        world, rank = int(kwargs.get("num_replicas", 1)), int(kwargs.get("rank", 0))
+        mesh = self._device_mesh
+        group = None
+        if mesh is not None and "data_parallel" in (mesh.mesh_dim_names or ()):
+            group = mesh["data_parallel"].get_group()
+        return rank, world, group
+
+    def _global_normalise(
+        self, numerator: torch.Tensor, normaliser: torch.Tensor, micro: int, world: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss to back-propagate, global micro-batch loss to log); see :meth:`training_step`."""
+        parts = torch.stack([numerator.detach().float(), normaliser.detach().float()])
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(parts, op=dist.ReduceOp.SUM, group=self._data_parallel()[2])
+        z = parts[1].clamp(min=1)
+        if micro == 0 or self._window is None:
+            self._window = [z, parts[1].clone()]
+        else:
+            self._window[1] = self._window[1] + parts[1]
+        loss = numerator / self._window[0].to(numerator.dtype)
+        if world > 1:
+            loss = loss * world
+        return loss, parts[0] / z
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Rescale accumulated gradients from :math:`Z_{ref}` to the window's global normaliser (see :meth:`training_step`)."""
+        window, self._window = self._window, None
+        accumulate = max(1, int(self.trainer.accumulate_grad_batches))
+        if window is None or accumulate == 1:
+            return
+        factor = float(accumulate * window[0] / window[1].clamp(min=1))
+        if factor == 1.0:
+            return
+        for p in self.parameters():
+            if p.grad is not None:
+                p.grad.mul_(factor)
+
+    def configure_model(self) -> None:
+        """FSDP2: shard the backbone with ``fully_shard`` when the strategy provides a device mesh.
+
+        Only under ``ModelParallelStrategy`` (e.g. :class:`mdlm.parallel.FSDP2Strategy`, whose ``plan``
+        sets activation checkpointing, resharding, offload, mixed precision and pretrained weights);
+        a no-op otherwise, and idempotent (Lightning may call it more than once).
+        """
+        mesh = self._device_mesh
+        if mesh is None:
+            return
+        from mdlm.parallel import FSDP2Plan, parallelize
+
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        plan = getattr(strategy, "plan", None) or FSDP2Plan()
+        parallelize(self.backbone, mesh, plan, device=strategy.root_device if strategy is not None else None)
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        r"""Norm clipping that is correct under sharding; value clipping as Lightning does it.
+
+        FSDP (v1): the root's ``FullyShardedDataParallel.clip_grad_norm_`` (Lightning refuses
+        ``norm`` there); FSDP2 / DTensor parameters: :func:`mdlm.parallel.clip_grad_norm_` (global norm
+        over all shards); otherwise Lightning's default. The norm before clipping is kept in
+        :attr:`last_grad_norm` and logged as ``train/grad_norm``.
+        """
+        if not gradient_clip_val or (gradient_clip_algorithm or "norm") != "norm":
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        from torch.distributed.fsdp import FullyShardedDataParallel
+        from torch.distributed.tensor import DTensor
+
+        from mdlm.parallel import clip_grad_norm_
+
+        root = self.trainer.strategy.model if self._trainer is not None else None
+        if isinstance(root, FullyShardedDataParallel):
+            norm = root.clip_grad_norm_(gradient_clip_val)
+        elif any(isinstance(p, DTensor) for p in self.parameters()):
+            norm = clip_grad_norm_(self.parameters(), gradient_clip_val)
+        else:
+            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            norm = torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+        self.last_grad_norm = norm.detach()
+        self.log("train/grad_norm", self.last_grad_norm.float(), on_step=True, on_epoch=False)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store every rank's global RNG states (torch, CUDA, numpy, python): dropout resumes exactly.
+
+        t and masks need no state (keyed by step and row); the generators of dropout and of any
+        user code do. Gathered over ranks (the hook runs on every rank) and restored per rank.
+        """
+        import torch.distributed as dist
+
+        states = [rng_states()]
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            gathered: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, states[0])
+            states = gathered
+        checkpoint["mdlm_rng_states"] = states
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore this rank's RNG states saved by :meth:`on_save_checkpoint` (if the run had as many ranks)."""
+        states = checkpoint.get("mdlm_rng_states")
+        rank = self.global_rank if self._trainer is not None else 0
+        if states and rank < len(states):
+            set_rng_states(states[rank])
 
     # ------------------------------------------------------------------ evaluation
     def setup(self, stage: str) -> None:

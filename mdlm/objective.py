@@ -88,10 +88,21 @@ def suppress_tokens(logits: torch.Tensor, token_ids: Sequence[int]) -> torch.Ten
 
 
 def token_nll(logits: torch.Tensor, targets: torch.Tensor, suppress_token_ids: Sequence[int] = ()) -> torch.Tensor:
-    r"""Per-token :math:`-\log p_\theta(x_0 \mid x_t)` with the log-softmax in fp32 (shape [B, L])."""
-    logits = suppress_tokens(logits.float(), suppress_token_ids)
-    logp = F.log_softmax(logits, dim=-1)
-    return -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    r"""Per-token :math:`-\log p_\theta(x_0 \mid x_t)` with the log-softmax in fp32 (shape [B, L]).
+
+    Suppressed ids get -inf (as :func:`suppress_tokens`). When ``logits`` are not fp32 the cast
+    already made a private copy, so the ids are filled in place on it: one [B, L, V] pass less
+    (measured: the clone was the largest per-step cost of the Trainer over a raw loop,
+    ``benchmarks/train_throughput.py``). fp32 input is never written to.
+    """
+    out = logits.float()
+    ids = list(suppress_token_ids)
+    if ids:
+        if out is logits:
+            out = out.index_fill(-1, torch.tensor(ids, device=out.device), float("-inf"))
+        else:
+            out[..., ids] = float("-inf")
+    return -F.log_softmax(out, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
 def loss_weights(t: torch.Tensor, loss_weight: LossWeight) -> torch.Tensor:
@@ -103,7 +114,7 @@ def loss_weights(t: torch.Tensor, loss_weight: LossWeight) -> torch.Tensor:
     raise ValueError(f"loss_weight={loss_weight!r} is not one of {LOSS_WEIGHTS}")
 
 
-def md_loss(
+def md_loss_parts(
     nll: torch.Tensor,
     masked: torch.Tensor,
     t: torch.Tensor,
@@ -111,11 +122,18 @@ def md_loss(
     loss_weight: LossWeight,
     normalization: Normalization,
     sequence_weights: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """The weighted, normalised MD loss of the module docstring (a scalar).
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The loss as a ratio :math:`\mathcal{L} = N / Z` of a numerator and a normaliser (two scalars).
 
-    ``sequence_weights`` [B] multiplies each sequence's term (importance weights p(t)/q(t) of an
-    adaptive proposal: the expected loss is then that of the target distribution p).
+    - ``batch_tokens``: :math:`N = \sum_b w_b S_b`, :math:`Z = B L`;
+    - ``maskable_tokens``: :math:`N = \sum_b w_b S_b`, :math:`Z = \sum_b |\mathrm{maskable}_b|`;
+    - ``per_sequence``: :math:`N = \sum_b w_b S_b / \max(1, |\mathrm{maskable}_b|)`, :math:`Z = B`;
+    - ``masked_tokens``: :math:`N = \sum_b w_b S_b`, :math:`Z = \sum_{b,i} m_{bi}`,
+
+    with :math:`S_b = \sum_i m_{bi}\ell_{bi}` and :math:`w_b = w(t_b)` (times ``sequence_weights``).
+    Both parts are *sums* over sequences, so the loss of a global batch split over ranks and
+    gradient-accumulation steps is :math:`\sum_r N_r / \max(1, \sum_r Z_r)`: data-parallel
+    training all-reduces Z (see :meth:`mdlm.module.MaskedDiffusionLM.training_step`).
     """
     B, L = nll.shape
     masked_nll = torch.where(masked, nll, torch.zeros_like(nll))
@@ -128,14 +146,32 @@ def md_loss(
     else:
         maskable_count = maskable.sum(-1).to(nll.dtype)
     if normalization == "batch_tokens":
-        return per_seq.sum() / (B * L)
+        return per_seq.sum(), torch.tensor(float(B * L), dtype=nll.dtype, device=nll.device)
     if normalization == "maskable_tokens":
-        return per_seq.sum() / maskable_count.sum().clamp(min=1)
+        return per_seq.sum(), maskable_count.sum()
     if normalization == "per_sequence":
-        return (per_seq / maskable_count.clamp(min=1)).mean()
+        return (per_seq / maskable_count.clamp(min=1)).sum(), torch.tensor(float(B), dtype=nll.dtype, device=nll.device)
     if normalization == "masked_tokens":
-        return per_seq.sum() / masked.sum().clamp(min=1)
+        return per_seq.sum(), masked.sum().to(nll.dtype)
     raise ValueError(f"normalization={normalization!r} is not one of {NORMALIZATIONS}")
+
+
+def md_loss(
+    nll: torch.Tensor,
+    masked: torch.Tensor,
+    t: torch.Tensor,
+    maskable: torch.Tensor | None,
+    loss_weight: LossWeight,
+    normalization: Normalization,
+    sequence_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The weighted, normalised MD loss of the module docstring (a scalar): N / max(1, Z) of :func:`md_loss_parts`.
+
+    ``sequence_weights`` [B] multiplies each sequence's term (importance weights p(t)/q(t) of an
+    adaptive proposal: the expected loss is then that of the target distribution p).
+    """
+    numerator, normaliser = md_loss_parts(nll, masked, t, maskable, loss_weight, normalization, sequence_weights)
+    return numerator / normaliser.clamp(min=1)
 
 
 def nelbo_sums(nll: torch.Tensor, masked: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

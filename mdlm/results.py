@@ -86,10 +86,10 @@ class MetricsHistory(Callback):
         self._t0: float | None = None
         self._started: str | None = None
 
-    def _out_path(self, trainer: Trainer) -> Path:
+    def _out_path(self, log_dir: str | None) -> Path:
         if self.path:
             return Path(self.path)
-        return Path(trainer.log_dir or ".") / "metrics.json"
+        return Path(log_dir or ".") / "metrics.json"
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._t0 = time.perf_counter()
@@ -114,11 +114,13 @@ class MetricsHistory(Callback):
         self.write(trainer, pl_module)
 
     def write(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # trainer.log_dir broadcasts from rank 0: every rank must read it, or rank 0 waits forever
+        log_dir = trainer.log_dir
         if not trainer.is_global_zero:
             return
-        out = self._out_path(trainer)
+        out = self._out_path(log_dir)
         out.parent.mkdir(parents=True, exist_ok=True)
-        config_file = Path(trainer.log_dir or ".") / "config.yaml"
+        config_file = Path(log_dir or ".") / "config.yaml"
         run = {
             "git_commit": git_commit(),
             "seed": int(os.environ["PL_GLOBAL_SEED"]) if "PL_GLOBAL_SEED" in os.environ else None,

@@ -98,3 +98,28 @@ def test_sampler_override_from_the_command_line(capsys, monkeypatch):
         "class_path": "mdlm.samplers.Window",
         "init_args": {"t_min": 0.0, "t_max": 0.1, "eps": 0.001, "seed": None, "stratified": False, "log_every_n_steps": 50},
     }
+
+
+TRAINER_SETS = sorted((REPO / "configs" / "trainer").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", TRAINER_SETS, ids=_ids)
+def test_trainer_override_sets_compose_with_a_full_config(config, capsys, monkeypatch):
+    """configs/trainer/*.yaml are trainer-only override sets: each says how to compose it and parses
+    on top of a full config (strategies that need a GPU or 2 processes are parsed, not run, here)."""
+    text = config.read_text()
+    assert text.startswith("#") and f"configs/trainer/{config.name}" in text, f"{config} must say how to compose it"
+    assert set(yaml.safe_load(text)) == {"trainer"}
+    monkeypatch.chdir(REPO)
+    with pytest.raises(SystemExit) as exit_info:
+        build_cli(["fit", "--config", str(REPO / "configs" / "parity_md.yaml"), "--config", str(config), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    expected = yaml.safe_load(text)["trainer"]
+    for key, value in expected.items():
+        if key == "strategy" and isinstance(value, dict):
+            assert printed["trainer"]["strategy"]["class_path"] == value["class_path"]
+        elif key == "callbacks":
+            assert [c["class_path"] for c in printed["trainer"]["callbacks"]] == [c["class_path"] for c in value]
+        else:
+            assert printed["trainer"][key] == value, key

@@ -112,3 +112,20 @@ def test_option_validation_and_biased_combination_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check_loss_options("none", "masked_tokens")
+
+
+def test_token_nll_on_bf16_logits_equals_the_fp32_reference_and_never_writes_fp32_input():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 7, dtype=torch.bfloat16, requires_grad=True)
+    targets = torch.randint(0, 6, (2, 5))
+    want = torch.nn.functional.cross_entropy(
+        suppress_tokens(logits.detach().float(), [6]).reshape(-1, 7), targets.reshape(-1), reduction="none"
+    ).reshape(2, 5)
+    got = token_nll(logits, targets, [6])
+    assert got.dtype == torch.float32 and torch.equal(got, want)
+    got.sum().backward()  # the in-place fill on the cast copy keeps autograd valid
+    assert logits.grad is not None and torch.all(logits.grad[..., 6] == 0)
+    fp32 = logits.detach().float().clone()
+    before = fp32.clone()
+    token_nll(fp32, targets, [6])
+    assert torch.equal(fp32, before)

@@ -66,3 +66,22 @@ def test_ablation_summary_mean_and_standard_error():
     rows = {r["name"]: r for r in ablation.summarize({"runs": runs})}
     assert rows["bin4"]["mean"] == 4.5 and rows["bin4"]["se"] == pytest.approx(0.5)  # sd 0.7071 / sqrt(2)
     assert rows["uniform"]["n"] == 1
+
+
+@pytest.mark.parametrize(
+    "script, marker", [("train_throughput", "perf-train"), ("generation_throughput", "perf-generation"),
+                       ("data_throughput", "perf-data")]
+)
+def test_readme_performance_tables_match_the_json(script, marker):
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks"))  # the throughput scripts import their shared helpers
+    try:
+        module = importlib.import_module(script)
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    results = json.loads((REPO / "benchmarks" / "results" / f"{script}.json").read_text())
+    readme = (REPO / "README.md").read_text()
+    section = readme.split(f"<!-- {marker}:start -->", 1)[1].split(f"<!-- {marker}:end -->", 1)[0].strip()
+    assert section == module.markdown(results).strip()

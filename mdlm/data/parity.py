@@ -16,7 +16,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
-from mdlm.data.shuffle import EpochShuffleSampler
+from mdlm.data.shuffle import GlobalBatchShuffleSampler, ResumableDataLoader
 
 log = logging.getLogger(__name__)
 
@@ -151,12 +151,27 @@ class ParityDataModule(LightningDataModule):
             self.trainer.logger.log_hyperparams({"parity_secret": str(self.secret)})
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(
-            self.train_set,
-            batch_size=self.hparams.batch_size,
-            sampler=EpochShuffleSampler(len(self.train_set), seed=self.hparams.seed + 2),
-            drop_last=len(self.train_set) >= self.hparams.batch_size,
-            num_workers=self.hparams.num_workers,
+        """Shuffled per epoch, split across data-parallel ranks by global batch, resumable mid-epoch.
+
+        Rank r of W reads slice r of each global batch of ``W * batch_size`` sequences
+        (:class:`~mdlm.data.shuffle.GlobalBatchShuffleSampler`), so W ranks see exactly the
+        batches of one process with batch size ``W * batch_size``.
+        """
+        replicas, rank = 1, 0
+        kwargs = getattr(self.trainer, "distributed_sampler_kwargs", None) if self.trainer is not None else None
+        if kwargs:
+            replicas, rank = int(kwargs.get("num_replicas", 1)), int(kwargs.get("rank", 0))
+        bs = self.hparams.batch_size
+        sampler = GlobalBatchShuffleSampler(
+            len(self.train_set),
+            batch_size=bs,
+            seed=self.hparams.seed + 2,
+            num_replicas=replicas,
+            rank=rank,
+            drop_last=len(self.train_set) >= bs * replicas,
+        )
+        return ResumableDataLoader(
+            self.train_set, batch_size=bs, sampler=sampler, num_workers=self.hparams.num_workers
         )
 
     def _eval_loader(self, dataset: Dataset) -> DataLoader:

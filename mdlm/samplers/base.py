@@ -5,11 +5,14 @@ Subclasses override exactly one method, :meth:`MaskRatioSampler.sample`, which m
 ``u ~ U(0, 1)`` (one per sequence of the batch) and the training progress in [0, 1] to mask ratios
 (inverse-CDF sampling). The base class owns everything else:
 
-- the randomness: ``u`` is a pure function of (seed, micro-batch counter, global sample index)
+- the randomness: ``u`` is a pure function of (seed, optimizer step, global row index)
   (:mod:`mdlm.rng`), so draws never repeat across ranks, do not depend on workers, and resume
-  exactly from a checkpoint;
-- optional stratification of ``u`` over the global batch: ``u_j = (j + v_j) / G`` for global row
-  j of G (lower variance, same marginal distribution);
+  exactly from a checkpoint. The global batch of one optimizer step is the concatenation of every
+  accumulation micro-step's micro-batches of every data-parallel rank (:func:`global_batch_rows`):
+  with A accumulation steps, W ranks and micro-batch B, row ``j = a·W·B + r·B + i`` of
+  ``G = A·W·B``, so a run on W ranks draws the same t as one process on the same global batch;
+- optional stratification of ``u`` over that global batch: ``u_j = (j + v_j) / G`` for global row
+  j of G (lower variance, same marginal distribution; each rank and micro-step takes its own strata);
 - the floor ``t >= eps`` (default 1e-3) and the ceiling ``t <= 1``;
 - checkpointed state (seed, number of draws) and logging of t (mean, and a TensorBoard histogram).
 
@@ -40,6 +43,23 @@ def resolve_seed(seed: int | None) -> int:
     if seed is not None:
         return int(seed)
     return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+
+def global_batch_rows(
+    batch_size: int, micro_step: int, rank: int, world_size: int, accumulate: int = 1
+) -> tuple[int, int]:
+    r"""``(first_row, global_batch_size)`` of one micro-batch inside its optimizer step's global batch.
+
+    Micro-step ``a`` (0 <= a < A) of data-parallel rank ``r`` (0 <= r < W) holds rows
+    :math:`aWB + rB, \dots, aWB + rB + B - 1` of :math:`G = AWB` (micro-batches of equal size B).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank={rank} must lie in [0, world_size={world_size})")
+    if accumulate < 1 or not 0 <= micro_step < accumulate:
+        raise ValueError(f"micro_step={micro_step} must lie in [0, accumulate={accumulate}) with accumulate >= 1")
+    return (micro_step * world_size + rank) * batch_size, accumulate * world_size * batch_size
 
 
 class MaskRatioSampler(Callback):

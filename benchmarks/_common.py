@@ -1,0 +1,175 @@
+"""Helpers shared by the throughput benchmarks: machine record, memory sampling, statistics, output.
+
+Measurements on a shared machine are noisy; every benchmark records ``os.getloadavg()`` before
+and after so that readers can judge the contention, and compares its two sides alternately in
+one process so that contention affects both alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import datetime as _dt
+import gc
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as `python benchmarks/x.py` from anywhere
+    sys.path.insert(0, str(REPO))
+
+RESULTS = REPO / "benchmarks" / "results"
+PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def machine_record() -> dict[str, Any]:
+    """Platform, CPU model and count, torch version/threads, accelerator, load averages, time."""
+    from mdlm.results import git_commit, machine_info
+
+    info = machine_info()
+    info["cpu_model"] = cpu_model()
+    info["loadavg"] = list(os.getloadavg())
+    info["time"] = _dt.datetime.now().isoformat(timespec="seconds")
+    info["git_commit"] = git_commit(REPO)
+    return info
+
+
+def cpu_model() -> str | None:
+    """The ``model name`` line of /proc/cpuinfo (Linux), else None."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def current_rss() -> int:
+    """Resident set size of this process in bytes (``/proc/self/statm``; 0 where unavailable)."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * PAGE
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def release_memory() -> None:
+    """Collect garbage and return freed heap pages to the OS (glibc ``malloc_trim``), so RSS baselines are clean."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+class PeakMemory:
+    """Peak memory of a block: process RSS sampled every ``interval`` s (CPU), and on CUDA
+    ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``.
+
+    Attributes after the block: ``peak_rss`` and ``baseline_rss`` (bytes), ``cuda_peak`` (bytes or None).
+    """
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.interval = interval
+        self.peak_rss = self.baseline_rss = 0
+        self.cuda_peak: int | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak_rss = max(self.peak_rss, current_rss())
+
+    def __enter__(self) -> PeakMemory:
+        release_memory()
+        self.baseline_rss = self.peak_rss = current_rss()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.peak_rss = max(self.peak_rss, current_rss())
+        if torch.cuda.is_available():
+            self.cuda_peak = int(torch.cuda.max_memory_allocated())
+
+    def record(self) -> dict[str, float | None]:
+        """MiB: process peak RSS, its increase over the block's start, CUDA peak allocated."""
+        mib = 1024.0**2
+        return {
+            "peak_rss_mib": self.peak_rss / mib,
+            "peak_rss_increase_mib": (self.peak_rss - self.baseline_rss) / mib,
+            "cuda_max_allocated_mib": None if self.cuda_peak is None else self.cuda_peak / mib,
+        }
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued device work (CUDA) so that wall-clock timings are correct."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def stopwatch(device: torch.device) -> Iterator[dict[str, float]]:
+    """``with stopwatch(dev) as t: ...`` -> ``t["s"]``: seconds, device-synchronised at both ends."""
+    out: dict[str, float] = {}
+    sync(device)
+    t0 = time.perf_counter()
+    yield out
+    sync(device)
+    out["s"] = time.perf_counter() - t0
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def alternate(repeat: int) -> tuple[str, str]:
+    """Order of the two sides in repeat ``repeat``: a, b then b, a (ABBA cancels linear drift)."""
+    return ("a", "b") if repeat % 2 == 0 else ("b", "a")
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1) + "\n")
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub markdown table (cells formatted with ``str``)."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def fmt(value: float | None, digits: int = 0, scale: float = 1.0) -> str:
+    """A number for a table (``-`` for None), scaled and rounded."""
+    if value is None:
+        return "-"
+    return f"{value / scale:,.{digits}f}"
+
+
+def machine_line(machine: dict[str, Any]) -> str:
+    """One markdown line describing the machine and its load."""
+    acc = machine.get("cuda_device") or f"{machine.get('cpu_model')} ({machine.get('cpu_count')} cores)"
+    load = machine.get("loadavg") or []
+    load_txt = ", ".join(f"{x:.1f}" for x in load)
+    end = machine.get("loadavg_end")
+    if end:
+        load_txt += " → " + ", ".join(f"{x:.1f}" for x in end)
+    return (
+        f"Machine: {acc}; torch {machine.get('torch')}, {machine.get('torch_threads')} threads; "
+        f"load average (1/5/15 min) {load_txt}; {machine.get('time')}."
+    )
