@@ -14,40 +14,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from _fit import fit_subprocess
+
 
 
 def run_one(name: str, config: str, overrides: list[str], seed: int, workdir: Path, threads: int | None = None) -> dict:
     """``mdlm fit`` one config with one seed; return its metrics.json content plus the command."""
-    save_dir = workdir / "runs"
     run_name = f"{name}_seed{seed}"
-    shutil.rmtree(save_dir / run_name, ignore_errors=True)
-    exe = shutil.which("mdlm") or str(Path(sys.executable).parent / "mdlm")
-    cmd = [
-        exe, "fit", "--config", str(REPO / config), f"--seed_everything={seed}",
-        f"--data.init_args.seed={seed}",
-        f"--trainer.logger.init_args.save_dir={save_dir}", f"--trainer.logger.init_args.name={run_name}",
-        "--trainer.enable_progress_bar=false", *overrides,
-    ]
-    print("+", " ".join(cmd), flush=True)
-    t0 = time.perf_counter()
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
-    proc = subprocess.run(cmd, cwd=REPO, env=env)
-    wall = time.perf_counter() - t0
-    metrics_file = save_dir / run_name / "version_0" / "metrics.json"
-    result = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {"run": {}, "history": []}
+    flags = [f"--seed_everything={seed}", f"--data.init_args.seed={seed}", *overrides]
+    print("+ mdlm fit --config", config, " ".join(flags), flush=True)
+    out = fit_subprocess(config, flags, workdir / "runs", run_name, threads, quiet=False)
+    result = out["metrics"]
     result["name"], result["seed"], result["config"], result["overrides"] = name, seed, config, overrides
-    result["command"] = " ".join(["mdlm", *cmd[1:]])
-    result["returncode"], result["process_wall_time_s"] = proc.returncode, round(wall, 1)
+    result["command"] = " ".join(["mdlm", *out["cmd"][1:]])
+    result["returncode"], result["process_wall_time_s"] = out["returncode"], out["wall_time_s"]
     result["threads"] = threads
     return result
 

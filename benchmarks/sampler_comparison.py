@@ -34,13 +34,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import shutil
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from _fit import fit_subprocess
 
 from mdlm.results import replace_readme_section
 from mdlm.samplers.parity import signal_optimal_window_max
@@ -56,8 +55,10 @@ TASKS = {
     "parity": {"config": "configs/parity_md.yaml", "batch_size": 256, "probe_size": 128, "update_every": 25},
 }
 NUM_BINS = 10
-#: flags of every run (no progress bar in logs, no checkpoint files)
-QUIET = ("--trainer.enable_progress_bar=false", "--trainer.enable_checkpointing=false")
+#: flags of every run besides logging (no checkpoint files)
+QUIET = ("--trainer.enable_checkpointing=false",)
+#: flag prefixes that do not change a run's numbers (ignored when matching runs to reuse)
+NO_EFFECT = ("--trainer.logger.init_args.", "--trainer.enable_progress_bar", "--trainer.enable_checkpointing")
 
 
 def adaptive_overhead(num_bins: int, probe_size: int, batch_size: int, update_every: int) -> float:
@@ -119,29 +120,15 @@ def task_overrides(task: str, seed: int, k: int | None, n: int | None) -> list[s
 
 
 def run_one(task: str, name: str, overrides: list[str], seed: int, workdir: Path, threads: int) -> dict:
-    """One ``mdlm fit`` in a subprocess; returns its metrics.json plus command and wall time."""
+    """One ``mdlm fit`` in a subprocess; returns its metrics history plus command and wall time."""
     run_name = f"{task}_{name}_seed{seed}"
-    shutil.rmtree(workdir / run_name, ignore_errors=True)
-    exe = shutil.which("mdlm") or str(Path(sys.executable).parent / "mdlm")
-    cmd = [
-        exe, "fit", "--config", str(REPO / TASKS[task]["config"]), *overrides,
-        f"--trainer.logger.init_args.save_dir={workdir}", f"--trainer.logger.init_args.name={run_name}",
-        *QUIET,
-    ]
-    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS=str(threads))
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    metrics_file = workdir / run_name / "version_0" / "metrics.json"
-    if proc.returncode != 0 or not metrics_file.is_file():
-        print(proc.stderr[-3000:], file=sys.stderr)
-    data = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {"run": {}, "history": []}
+    out = fit_subprocess(TASKS[task]["config"], [*overrides, *QUIET], workdir, run_name, threads)
     result = {
-        "task": task, "name": name, "seed": seed, "command": _portable(cmd, workdir),
-        "returncode": proc.returncode, "wall_time_s": round(wall, 1), "threads": threads,
-        "history": data["history"], "run": data.get("run", {}),
+        "task": task, "name": name, "seed": seed, "command": _portable(out["cmd"], workdir),
+        "returncode": out["returncode"], "wall_time_s": out["wall_time_s"], "threads": threads,
+        "history": out["metrics"]["history"], "run": out["metrics"].get("run", {}),
     }
-    print(f"{run_name}: {headline(result)} in {wall:.0f} s", flush=True)
+    print(f"{run_name}: {headline(result)} in {out['wall_time_s']:.0f} s", flush=True)
     return result
 
 
@@ -152,9 +139,10 @@ def _portable(cmd: list[str], workdir: Path) -> str:
 
 
 def _reusable(run: dict) -> str:
-    """A run's command without its logging destination (which differs between scripts)."""
+    """A run's command without the flags that do not change its numbers (logging destination,
+    progress bar, checkpoint files), which differ between scripts."""
     parts = run["command"].replace(str(REPO) + "/", "").split()
-    return " ".join(p for p in parts if not p.startswith("--trainer.logger.init_args."))
+    return " ".join(p for p in parts if not p.startswith(NO_EFFECT))
 
 
 # ---------------------------------------------------------------------------------------- summaries
@@ -407,7 +395,7 @@ def run_all(args) -> list[dict]:
 
     pending = []
     for name, overrides, seed in jobs:
-        probe = {"command": _portable(["mdlm", "fit", "--config", str(REPO / config), *overrides, *QUIET], workdir)}
+        probe = {"command": _portable(["mdlm", "fit", "--config", str(REPO / config), *overrides], workdir)}
         match = reusable.get(_reusable(probe))
         if match is not None:
             print(f"reusing {name} seed {seed} from an identical run", flush=True)

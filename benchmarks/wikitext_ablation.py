@@ -15,17 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import shutil
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from _fit import fit_subprocess
+
 from mdlm.results import replace_readme_section
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIG = "configs/wikitext_ablation.yaml"
 START, END = "<!-- wikitext-ablation:start -->", "<!-- wikitext-ablation:end -->"
 #: the paper's test loss after 6,000 steps (50M model, batch 1024, context 150), read off its figure
@@ -40,26 +37,14 @@ def run_names(num_bins: int = 10) -> list[tuple[str, list[str]]]:
 
 def run_one(name: str, overrides: list[str], seed: int, workdir: Path, threads: int, extra: list[str]) -> dict:
     run_name = f"{name}_seed{seed}"
-    shutil.rmtree(workdir / run_name, ignore_errors=True)
-    exe = shutil.which("mdlm") or str(Path(sys.executable).parent / "mdlm")
-    cmd = [
-        exe, "fit", "--config", str(REPO / CONFIG), f"--seed_everything={seed}", *overrides, *extra,
-        f"--trainer.logger.init_args.save_dir={workdir}", f"--trainer.logger.init_args.name={run_name}",
-        "--trainer.enable_progress_bar=false", "--trainer.enable_checkpointing=false",
-    ]
-    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS=str(threads))
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    metrics_file = workdir / run_name / "version_0" / "metrics.json"
-    if proc.returncode != 0 or not metrics_file.is_file():
-        print(proc.stderr[-3000:], file=sys.stderr)
-    data = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {"run": {}, "history": []}
+    flags = [f"--seed_everything={seed}", *overrides, *extra, "--trainer.enable_checkpointing=false"]
+    out = fit_subprocess(CONFIG, flags, workdir, run_name, threads)
+    data = out["metrics"]
     final = data["history"][-1] if data["history"] else {}
-    print(f"{run_name}: test nelbo {final.get('val/nelbo')} in {wall:.0f} s", flush=True)
+    print(f"{run_name}: test nelbo {final.get('val/nelbo')} in {out['wall_time_s']:.0f} s", flush=True)
     return {
-        "name": name, "seed": seed, "command": " ".join(["mdlm", *cmd[1:]]), "returncode": proc.returncode,
-        "wall_time_s": round(wall, 1), "threads": threads, "final": final, "run": data.get("run", {}),
+        "name": name, "seed": seed, "command": " ".join(["mdlm", *out["cmd"][1:]]), "returncode": out["returncode"],
+        "wall_time_s": out["wall_time_s"], "threads": threads, "final": final, "run": data.get("run", {}),
     }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,8 @@ ONE_STEP = ["--trainer.fast_dev_run=1", "--trainer.logger=false", "--trainer.ena
 
 
 def _load():
+    if str(REPO / "benchmarks") not in sys.path:  # the script imports benchmarks/_fit.py
+        sys.path.insert(0, str(REPO / "benchmarks"))
     spec = importlib.util.spec_from_file_location("sampler_comparison", REPO / "benchmarks" / "sampler_comparison.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -103,3 +106,15 @@ def test_readme_table_matches_the_json():
     section = readme.split(sc.START, 1)[1].split(sc.END, 1)[0].strip()
     assert section == sc.table(sc.load(files))
     assert all(r["returncode"] == 0 for f in files for r in json.loads(f.read_text())["runs"])
+
+
+def test_run_one_fits_in_a_subprocess_and_reads_back_the_history(tmp_path):
+    overrides = sc.task_overrides("parity", 0, None, None) + sc.sampler_overrides("parity", "uniform", 3, 2) + [
+        "--trainer.max_steps=2", "--trainer.val_check_interval=2", "--data.init_args.num_val=64",
+        "--trainer.enable_model_summary=false",
+    ]
+    run = sc.run_one("parity", "uniform", overrides, 0, tmp_path, threads=1)
+    assert run["returncode"] == 0, run
+    assert [h["step"] for h in run["history"]] == [2] and "val/label_acc" in run["history"][0]
+    assert "<workdir>" in run["command"] and str(tmp_path) not in run["command"]
+    assert sc._reusable(run) == sc._reusable({"command": run["command"].replace("<workdir>", "/elsewhere")})
