@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -118,6 +119,10 @@ class MaskedDiffusionLM(LightningModule):
             ``test``/``predict`` on generation batches (``prompt_input_ids``): ``cpu_tiny``,
             ``llada_gsm8k``, ``llada_math``.
         generation_overrides: fields of that preset to change, e.g. ``{gen_length: 128, steps: 128}``.
+        init_device: build the backbone on this device; ``meta`` allocates nothing, for models too
+            big for one device: FSDP2 (:class:`mdlm.parallel.FSDP2Strategy`) then materialises and
+            initialises only each rank's shard (or loads ``init_weights`` into it), FSDP (v1)
+            materialises each wrapped unit. Any other strategy refuses a meta model.
 
     Batches with ``prompt_input_ids`` (SFT test/predict loaders) are answered by the reverse
     process (:func:`mdlm.generation.generate`), decoded with the data module's tokenizer and
@@ -146,6 +151,7 @@ class MaskedDiffusionLM(LightningModule):
         num_eval_t_bins: int = 10,
         generation_preset: str = "cpu_tiny",
         generation_overrides: dict[str, Any] | None = None,
+        init_device: str | None = None,
     ) -> None:
         super().__init__()
         if not 0 <= mask_token_id < vocab_size:
@@ -162,12 +168,13 @@ class MaskedDiffusionLM(LightningModule):
         check_loss_options(loss_weight, normalization)
         self.generation_config = get_preset(generation_preset).replace(**(generation_overrides or {}))
         self.save_hyperparameters()
-        if backbone is None:
-            from mdlm.models.transformer import Transformer
+        with torch.device(init_device) if init_device else contextlib.nullcontext():
+            if backbone is None:
+                from mdlm.models.transformer import Transformer
 
-            self.backbone = Transformer(vocab_size)
-        else:
-            self.backbone = backbone(vocab_size)
+                self.backbone = Transformer(vocab_size)
+            else:
+                self.backbone = backbone(vocab_size)
         self.vocab_size = vocab_size
         self.mask_token_id = mask_token_id
         self.suppressed = sorted({mask_token_id, *suppress_token_ids})
@@ -317,12 +324,27 @@ class MaskedDiffusionLM(LightningModule):
         """
         mesh = self._device_mesh
         if mesh is None:
+            self._check_materialised()
             return
         from mdlm.parallel import FSDP2Plan, parallelize
 
         strategy = self._trainer.strategy if self._trainer is not None else None
         plan = getattr(strategy, "plan", None) or FSDP2Plan()
         parallelize(self.backbone, mesh, plan, device=strategy.root_device if strategy is not None else None)
+
+    def _check_materialised(self) -> None:
+        """A meta-device backbone (``init_device="meta"``) needs a strategy that materialises it."""
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        from mdlm.parallel import has_meta_tensors
+
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if has_meta_tensors(self.backbone) and not isinstance(strategy, FSDPStrategy):
+            raise RuntimeError(
+                f"the backbone is on the meta device (init_device={self.hparams.get('init_device')!r}) but the "
+                f"strategy {type(strategy).__name__} does not materialise it: use FSDP2 "
+                "(--config configs/trainer/fsdp2_bf16.yaml) or FSDP, or set --model.init_args.init_device=null"
+            )
 
     def configure_gradient_clipping(
         self,

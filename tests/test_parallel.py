@@ -227,3 +227,32 @@ def test_two_rank_ddp_and_fsdp2(tmp_path):
     bf16 = ranks[0]["fsdp2_bf16"]
     assert bf16["param_dtypes"] == ["torch.bfloat16"] and bf16["ema_dtypes"] == ["torch.float32"]
     assert len(bf16["losses"]) == 4 and all(0.0 < x < 5.0 for x in bf16["losses"])
+
+
+def test_init_device_meta_builds_nothing_and_a_plain_strategy_refuses_it(tmp_path):
+    from mdlm.module import MaskedDiffusionLM
+    from mdlm.parallel import has_meta_tensors
+
+    model = MaskedDiffusionLM(vocab_size=5, mask_token_id=4, init_device="meta")
+    assert has_meta_tensors(model.backbone) and all(p.is_meta for p in model.backbone.parameters())
+    assert not has_meta_tensors(MaskedDiffusionLM(vocab_size=5, mask_token_id=4).backbone)
+    trainer = tiny_trainer(tmp_path, callbacks=[Uniform()], max_steps=1)
+    model.trainer = trainer
+    with pytest.raises(RuntimeError, match="meta device.*init_device='meta'.*FSDP2"):
+        model.configure_model()
+
+
+def test_init_device_meta_is_materialised_by_fsdp2(one_rank_group):
+    """The module's own backbone built on meta is sharded and initialised by ``parallelize``: finite
+    logits, and parameters distributed like a fresh initialisation (mean ≈ 0, std ≈ 0.02)."""
+    from mdlm.module import MaskedDiffusionLM
+    from mdlm.parallel import has_meta_tensors
+
+    torch.manual_seed(0)
+    model = MaskedDiffusionLM(vocab_size=7, mask_token_id=6, init_device="meta")
+    assert parallelize(model.backbone, one_rank_group, FSDP2Plan()) is True
+    assert not has_meta_tensors(model.backbone)
+    logits = model(torch.randint(0, 6, (2, 5)))
+    assert torch.isfinite(logits).all()
+    weights = torch.cat([p.full_tensor().flatten() for n, p in model.backbone.named_parameters() if n.endswith("weight") and p.dim() == 2])
+    assert abs(weights.mean().item()) < 0.01 and 0.005 < weights.std().item() < 0.05
