@@ -333,6 +333,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workdir", type=Path, default=Path("experiments/sampler_comparison"))
+    parser.add_argument("--skip-done", action="store_true", help="skip runs that --out already holds (returncode 0)")
     parser.add_argument("--reuse", type=Path, action="append", default=[], help="results file whose identical runs are copied")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--report", type=Path, nargs="+", help="results files to tabulate (no runs)")
@@ -393,8 +394,12 @@ def run_all(args) -> list[dict]:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"runs": results, "total_wall_time_s": round(time.perf_counter() - t0, 1)}, indent=1))
 
+    done = {(r["name"], r["seed"]) for r in results if r["task"] == task and r.get("k") == (k if task == "parity" else None)
+            and r.get("returncode") == 0}
     pending = []
     for name, overrides, seed in jobs:
+        if args.skip_done and (name, seed) in done:
+            continue
         probe = {"command": _portable(["mdlm", "fit", "--config", str(REPO / config), *overrides], workdir)}
         match = reusable.get(_reusable(probe))
         if match is not None:
