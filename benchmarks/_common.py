@@ -147,6 +147,14 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=1) + "\n")
 
 
+def write_results(path: Path, data: dict[str, Any], markdown: Any, md_path: Path | None = None) -> None:
+    """Write ``data`` as JSON to ``path`` and ``markdown(data)`` next to it (``.md``), and print the markdown."""
+    write_json(path, data)
+    text = markdown(data)
+    (md_path or path.with_suffix(".md")).write_text(text)
+    print(text)
+
+
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A GitHub markdown table (cells formatted with ``str``)."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, RESULTS, fmt, machine_line, machine_record, markdown_table, median, write_json  # noqa: E402
+from _common import REPO, RESULTS, fmt, machine_line, machine_record, markdown_table, median, write_results  # noqa: E402
 
 CONFIG = "configs/wikitext_ablation.yaml"
 
@@ -140,9 +140,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "fastest_training_key": key,
         "fastest_training_tokens_per_s": rates.get(key) if key else None,
     }
-    write_json(args.out, data)
-    args.out.with_suffix(".md").write_text(markdown(data))
-    print(markdown(data))
+    write_results(args.out, data, markdown)
     return data
 
 

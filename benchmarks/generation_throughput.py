@@ -41,7 +41,7 @@ from _common import (  # noqa: E402
     markdown_table,
     median,
     stopwatch,
-    write_json,
+    write_results,
 )
 
 from mdlm.generation import generate, get_preset  # noqa: E402
@@ -233,9 +233,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "wall_s": time.perf_counter() - t0,
         "results": results,
     }
-    write_json(args.out, data)
-    args.out.with_suffix(".md").write_text(markdown(data))
-    print(markdown(data))
+    write_results(args.out, data, markdown)
     return data
 
 

@@ -62,7 +62,7 @@ from _common import (  # noqa: E402
     median,
     release_memory,
     sync,
-    write_json,
+    write_results,
 )
 from lightning.pytorch import Callback  # noqa: E402
 
@@ -555,10 +555,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "profiles": profiles,
     }
     if summaries:  # (--ops-only writes only the op tables)
-        write_json(args.out, data)
-        md_path = args.md or args.out.with_suffix(".md")
-        md_path.write_text(markdown(data))
-        print(markdown(data))
+        write_results(args.out, data, markdown, args.md)
     return data
 
 
