@@ -329,7 +329,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--k", type=int, help="parity: k (the window sampler is told it; default: the config's)")
     parser.add_argument("--n", type=int, help="parity: n (default: the config's)")
     parser.add_argument("--steps", type=int, help="optimizer steps of the plain runs (default: the config's)")
-    parser.add_argument("--extra", action="append", default=[], help="an extra CLI override for every run")
+    parser.add_argument("--extra", action="append", default=[],
+                        help="an extra CLI override for every run, applied last (e.g. --extra=--sampler.init_args.min_signal=0.001)")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workdir", type=Path, default=Path("experiments/sampler_comparison"))
@@ -377,8 +378,8 @@ def run_all(args) -> list[dict]:
     jobs = []
     for seed in args.seeds:
         for name in args.samplers:
-            overrides = task_overrides(task, seed, args.k, args.n) + step_override + args.extra
-            overrides += sampler_overrides(task, name, k, steps)
+            overrides = task_overrides(task, seed, args.k, args.n) + step_override
+            overrides += sampler_overrides(task, name, k, steps) + args.extra  # extras come last: they win
             jobs.append((name, overrides, seed))
     t0 = time.perf_counter()
 
