@@ -66,6 +66,12 @@ def adaptive_overhead(num_bins: int, probe_size: int, batch_size: int, update_ev
     return num_bins * probe_size / (3.0 * batch_size * update_every)
 
 
+def task_overhead(task: str) -> float:
+    """The adaptive probe's overhead fraction with the settings of ``TASKS[task]``."""
+    spec = TASKS[task]
+    return adaptive_overhead(NUM_BINS, spec["probe_size"], spec["batch_size"], spec["update_every"])
+
+
 def equal_compute_steps(steps: int, overhead: float) -> int:
     """Optimizer steps that cost what ``steps`` plain steps cost, with a fractional overhead."""
     return int(math.floor(steps / (1.0 + overhead)))
@@ -92,8 +98,7 @@ def sampler_overrides(task: str, name: str, k: int, steps: int) -> list[str]:
             "--sampler.init_args.end_progress=0.6",
         ]
     if name == "adaptive":
-        overhead = adaptive_overhead(NUM_BINS, spec["probe_size"], spec["batch_size"], spec["update_every"])
-        adaptive_steps = equal_compute_steps(steps, overhead)
+        adaptive_steps = equal_compute_steps(steps, task_overhead(task))
         return [
             "--sampler=mdlm.samplers.AdaptiveBins",
             f"--sampler.init_args.num_bins={NUM_BINS}",
@@ -387,8 +392,7 @@ def run_all(args) -> list[dict]:
         nonlocal results
         run["k"] = k if task == "parity" else None
         run["overhead"] = (
-            adaptive_overhead(NUM_BINS, TASKS[task]["probe_size"], TASKS[task]["batch_size"], TASKS[task]["update_every"])
-            if run["name"] == "adaptive" else 0.0
+            task_overhead(task) if run["name"] == "adaptive" else 0.0
         )
         results = [r for r in results if not (r["task"] == task and r.get("k") == run["k"] and r["name"] == run["name"] and r["seed"] == run["seed"])]
         results.append(run)

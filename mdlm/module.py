@@ -242,7 +242,7 @@ class MaskedDiffusionLM(LightningModule):
         """
         input_ids, maskable, attention_mask = self._batch_parts(batch)
         B, L = input_ids.shape
-        rank, world, _ = self._data_parallel()
+        rank, world, group = self._data_parallel()
         accumulate = max(1, int(self.trainer.accumulate_grad_batches))
         micro = batch_idx % accumulate
         if self.objective == "output_supervision":
@@ -266,7 +266,7 @@ class MaskedDiffusionLM(LightningModule):
             numerator, normaliser = md_loss_parts(
                 nll, masked, t, maskable, self.loss_weight, self.normalization, sequence_weights=weights
             )
-        loss, global_loss = self._global_normalise(numerator, normaliser, micro, world)
+        loss, global_loss = self._global_normalise(numerator, normaliser, micro, world, group)
         self.log("train/loss", global_loss, prog_bar=True, on_step=True, on_epoch=False)
         self.log("train/masked_fraction", masked.float().mean(), on_step=True, on_epoch=False)
         return loss
@@ -284,14 +284,14 @@ class MaskedDiffusionLM(LightningModule):
         return rank, world, group
 
     def _global_normalise(
-        self, numerator: torch.Tensor, normaliser: torch.Tensor, micro: int, world: int
+        self, numerator: torch.Tensor, normaliser: torch.Tensor, micro: int, world: int, group: Any = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss to back-propagate, global micro-batch loss to log); see :meth:`training_step`."""
         parts = torch.stack([numerator.detach().float(), normaliser.detach().float()])
         if world > 1:
             import torch.distributed as dist
 
-            dist.all_reduce(parts, op=dist.ReduceOp.SUM, group=self._data_parallel()[2])
+            dist.all_reduce(parts, op=dist.ReduceOp.SUM, group=group)
         z = parts[1].clamp(min=1)
         if micro == 0 or self._window is None:
             self._window = [z, parts[1].clone()]

@@ -14,6 +14,12 @@ from torch.utils.data import DataLoader, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
 
+def epoch_permutation(num_samples: int, seed: int, epoch: int) -> list[int]:
+    """The permutation of range(num_samples) for ``epoch``: a pure function of (seed, epoch)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(num_samples, generator=g).tolist()
+
+
 class EpochShuffleSampler(Sampler[int]):
     """Permutation of range(n) that is a pure function of (seed, epoch).
 
@@ -31,8 +37,7 @@ class EpochShuffleSampler(Sampler[int]):
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.num_samples, generator=g).tolist())
+        return iter(epoch_permutation(self.num_samples, self.seed, self.epoch))
 
     def __len__(self) -> int:
         return self.num_samples
@@ -102,8 +107,7 @@ class GlobalBatchShuffleSampler(DistributedSampler):
 
     def permutation(self) -> list[int]:
         """:math:`\\pi_e` of the current epoch."""
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return torch.randperm(self.num_samples_total, generator=g).tolist()
+        return epoch_permutation(self.num_samples_total, self.seed, self.epoch)
 
     def local_indices(self) -> list[int]:
         """This rank's indices of the epoch, in order (before any start offset)."""
