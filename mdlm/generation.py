@@ -16,10 +16,20 @@ masked answer, and at every step predict all masked positions, then *commit* (un
 pinned semantics are documented on :func:`generate`; deviations from LLaDA's code are listed
 below.
 
-Left padding: batched prompts of different lengths are left-padded and the padding is hidden
-with ``attention_mask``. The result equals one-by-one generation only if the model's logits at
-real positions do not depend on the padding, e.g. rotary (relative) positions, or absolute
-position ids counted from the first real token (``attention_mask.cumsum(-1) - 1``).
+Left padding: batched prompts of different lengths are left-padded. For a model that hides
+padding (:func:`padding_hidden` is ``True``, the default) they run as one batch with the padding
+hidden by ``attention_mask``; the result equals one-by-one generation only if the model's logits
+at real positions do not depend on the padding, e.g. rotary (relative) positions, or absolute
+position ids counted from the first real token (``attention_mask.cumsum(-1) - 1``). A
+padding-blind model (``padding_hidden = False``, e.g. LLaDA, whose attention ignores
+``attention_mask``) never sees padding: the rows are split into groups of equal real prompt
+length, each group runs as its own batch with the padding stripped, and the outputs are put
+back in the common left-padded layout. With greedy decoding (temperature 0, low-confidence
+remasking) a prompt's output is then bit-identical whether it runs alone or among prompts of
+other lengths (prompts of its own length share its forward passes). Sampled noise
+(``temperature > 0`` or ``remasking="random"``) is drawn from one generator stream over the
+whole batch, group after group, so a sampled row can depend on the other rows of the call (as
+in any batch; reproducible for the same call and generator state).
 
 Deviations from LLaDA's reference code (none changes LLaDA's output, up to floating-point
 rounding of exact near-ties, for LLaDA's inputs: one prompt or equal-length prompts, no mask
@@ -43,12 +53,13 @@ tokens in the prompt, a model that never puts its highest logit on the mask toke
 * Steps in which no sample has anything to commit (possible when a block has fewer masked
   tokens than steps per block) skip the model call.
 * Batched prompts of different lengths are left-padded and the padding is hidden with the
-  attention mask.
+  attention mask, or, for a padding-blind model, run as separate batches of equal length.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from types import ModuleType
 from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
@@ -62,6 +73,7 @@ __all__ = [
     "PRESETS",
     "get_preset",
     "num_transfer_tokens",
+    "padding_hidden",
     "generate",
     "infill",
 ]
@@ -471,6 +483,38 @@ def _denoise(
 # --------------------------------------------------------------------------------------
 # Prompt batching
 # --------------------------------------------------------------------------------------
+def padding_hidden(model: Any) -> bool:
+    """Does ``model`` hide padding from its attention (i.e. honour ``attention_mask``)?
+
+    Reads the attribute ``padding_hidden`` of ``model``, else of the objects it wraps
+    (``.module``, ``.backbone``, ``._orig_mod``; nearest first). Absent everywhere: ``True``.
+    ``False`` marks a padding-blind model (LLaDA: its attention ignores ``attention_mask``), for
+    which :func:`generate` and :func:`infill` never batch rows of different real lengths.
+    """
+    queue, seen = [model], set()
+    while queue:
+        obj = queue.pop(0)
+        if obj is None or id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        value = getattr(obj, "padding_hidden", None)
+        if value is not None:
+            return bool(value)
+        for name in ("module", "backbone", "_orig_mod"):
+            inner = getattr(obj, name, None)
+            if inner is not None and not isinstance(inner, ModuleType):
+                queue.append(inner)
+    return True
+
+
+def _equal_length_groups(lengths: Tensor) -> list:
+    """``[(length, row indices)]`` of the rows of equal ``lengths``, by first appearance."""
+    values = lengths.tolist()
+    order = list(dict.fromkeys(values))
+    return [(n, torch.tensor([b for b, v in enumerate(values) if v == n], device=lengths.device))
+            for n in order]
+
+
 def _prepare_prompts(
     prompts: PromptsLike, attention_mask: Optional[Tensor], pad_token_id: Optional[int]
 ) -> tuple:
@@ -595,7 +639,9 @@ def generate(
             ``un + (s + 1) * (cond - un)`` (LLaDA's form); both passes run as one batch.
         eos_token_id: when given, ``output.sequences`` are cut at the first EOS (excluded).
         pad_token_id: id used for left padding (required only when the prompts of a list
-            have different lengths). Padded positions are never attended to.
+            have different lengths). Padded positions are never attended to; a padding-blind
+            model (:func:`padding_hidden` ``False``) never receives them: rows of equal real
+            prompt length run as separate unpadded batches (see the module doc).
         attention_mask: only with a padded prompt tensor, see ``prompts``.
         generator: ``torch.Generator`` (on the prompts' device) for reproducible sampling
             (Gumbel noise and random remasking); ``None`` uses the global RNG.
@@ -630,6 +676,51 @@ def generate(
         _check_token_id("eos_token_id", eos_token_id)
 
     ids, pmask = _prepare_prompts(prompts, attention_mask, pad_token_id)
+    decode = dict(
+        mask_token_id=mask_token_id,
+        gen_length=gen_length,
+        block_length=block_length,
+        steps=steps,
+        temperature=float(temperature),
+        remasking=remasking,
+        cfg_scale=float(cfg_scale),
+        generator=generator,
+        suppress_token_ids=suppress_token_ids,
+    )
+    if pmask is None or padding_hidden(model):
+        x, attn, committed = _generate_batch(model, ids, pmask, **decode)
+    else:  # padding-blind model: each group of equal real length runs unpadded
+        batch, plen = ids.shape
+        tokens = torch.empty((batch, gen_length), dtype=torch.long, device=ids.device)
+        committed = torch.empty((batch, steps), dtype=torch.long, device=ids.device)
+        for n, rows in _equal_length_groups(pmask.sum(dim=1)):
+            sub, _, sub_committed = _generate_batch(model, ids[rows, plen - n :], None, **decode)
+            tokens[rows] = sub[:, n:]
+            committed[rows] = sub_committed
+        x = torch.cat([ids, tokens], dim=1)
+        attn = torch.cat([pmask, torch.ones_like(tokens, dtype=torch.bool)], dim=1)
+    tokens = x[:, ids.shape[1] :]
+    return GenerationOutput(
+        tokens=tokens,
+        sequences=_cut_at_eos(tokens, eos_token_id),
+        committed_per_step=committed,
+        canvas=x,
+        attention_mask=attn,
+    )
+
+
+def _generate_batch(
+    model: Callable,
+    ids: Tensor,
+    pmask: Optional[Tensor],
+    *,
+    mask_token_id: int,
+    gen_length: int,
+    block_length: int,
+    steps: int,
+    **sampling: Any,
+) -> tuple:
+    """One batch of :func:`generate`: ``(canvas [B, P + gen_length], attn mask, committed)``."""
     batch, plen = ids.shape
     device = ids.device
     x = torch.cat(
@@ -655,20 +746,9 @@ def generate(
         cond_positions=cond_positions,
         fillable=None,
         mask_token_id=mask_token_id,
-        temperature=float(temperature),
-        remasking=remasking,
-        cfg_scale=float(cfg_scale),
-        generator=generator,
-        suppress_token_ids=suppress_token_ids,
+        **sampling,
     )
-    tokens = x[:, plen:]
-    return GenerationOutput(
-        tokens=tokens,
-        sequences=_cut_at_eos(tokens, eos_token_id),
-        committed_per_step=committed,
-        canvas=x,
-        attention_mask=attn,
-    )
+    return x, attn, committed
 
 
 @torch.no_grad()
@@ -698,7 +778,9 @@ def infill(
         input_ids: ``LongTensor[L]`` or ``[B, L]`` containing ``mask_token_id`` where tokens
             are to be filled.
         attention_mask: optional ``[B, L]`` (True = real token) passed to the model; masks on
-            padded positions are not filled.
+            padded positions are not filled. For a padding-blind model (:func:`padding_hidden`
+            ``False``) each row's real tokens run without padding instead, in batches of rows
+            with equally many real tokens (greedy: bit-identical to the row alone).
 
     Returns:
         :class:`GenerationOutput` with ``tokens`` = the filled ``[B, L]`` sequence,
@@ -726,16 +808,8 @@ def infill(
         attn = attention_mask.to(device=x.device).bool()
         if bool(attn.all()):
             attn = None
-    real = torch.ones_like(x, dtype=torch.bool) if attn is None else attn
-    cond_positions = (x != mask_token_id) & real
-    committed = _denoise(
-        model,
-        x,
-        attn,
-        blocks=[(0, x.shape[1])],
+    decode = dict(
         steps_per_block=steps,
-        cond_positions=cond_positions,
-        fillable=attn,
         mask_token_id=mask_token_id,
         temperature=float(temperature),
         remasking=remasking,
@@ -743,6 +817,26 @@ def infill(
         generator=generator,
         suppress_token_ids=suppress_token_ids,
     )
+    if attn is None or padding_hidden(model):
+        real = torch.ones_like(x, dtype=torch.bool) if attn is None else attn
+        committed = _denoise(
+            model, x, attn, blocks=[(0, x.shape[1])], cond_positions=(x != mask_token_id) & real,
+            fillable=attn, **decode,
+        )
+    else:  # padding-blind model: the real tokens of each group of equal count run unpadded
+        committed = torch.zeros((x.shape[0], steps), dtype=torch.long, device=x.device)
+        for n, rows in _equal_length_groups(attn.sum(dim=1)):
+            if n == 0:
+                continue
+            real = attn[rows]
+            sub = x[rows][real].view(len(rows), n)
+            committed[rows] = _denoise(
+                model, sub, None, blocks=[(0, n)], cond_positions=sub != mask_token_id,
+                fillable=None, **decode,
+            )
+            filled = x[rows]
+            filled[real] = sub.reshape(-1)
+            x[rows] = filled
     sequences = list(x.unbind(0)) if attn is None else [r[m] for r, m in zip(x, attn)]
     return GenerationOutput(
         tokens=x, sequences=sequences, committed_per_step=committed, canvas=x, attention_mask=attn

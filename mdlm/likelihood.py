@@ -32,6 +32,12 @@ mask are evaluated once (for a one-token continuation all ``mc_num`` draws share
 which is exact), and draws of requests with equal prompt and continuation lengths share forward
 passes; values then agree across batch sizes up to the float32 rounding of batched matmuls.
 
+Padding: none, ever. A forward pass holds only sequences of one request shape (prompt length,
+continuation length) and the model is called without an attention mask, so a padding-blind model
+(LLaDA, whose attention ignores ``attention_mask``) is scored exactly as in a call with no
+requests of other shapes: a request's draws and estimate are bit-identical with or without them.
+:func:`greedy_matches` batches the same way.
+
 Deviations from LLaDA's reference code: its ``l`` grid is stratified within each mini-batch (so
 results depend on ``batch_size``) and drawn with the global RNG; its mask logit is not suppressed;
 it has classifier-free guidance (not implemented here).
@@ -244,8 +250,8 @@ def estimate_log_likelihoods(
         mask_token_id: the absorbing ``[MASK]`` id; its logit is ``-inf`` before the log-softmax.
         mc_num: Monte Carlo draws per request (LLaDA: 128; 1 suffices for one-token answers).
         batch_size: sequences per forward pass. Draws of requests with equal prompt and
-            continuation lengths share forward passes; the result does not depend on it (beyond
-            floating-point rounding of the model's batched matmuls).
+            continuation lengths share forward passes (never padded); the result does not depend
+            on it (beyond floating-point rounding of the model's batched matmuls).
         seed: seed of the draws.
         items: one key per request (an int or a tuple of ints in ``[0, 2^63)``) for the draws;
             default: the request's index. Requests with the same key and continuation length get
@@ -394,7 +400,8 @@ def greedy_matches(
     ``L`` steps the single most confident prediction is committed (argmax, low-confidence
     remasking, one block): :func:`mdlm.generation.generate` with ``gen_length = steps =
     block_length = L`` and temperature 0, as LLaDA's ``suffix_greedy_prediction``. Requests with
-    equal prompt and continuation lengths are decoded together, ``batch_size`` at a time.
+    equal prompt and continuation lengths are decoded together, ``batch_size`` at a time, without
+    padding: a request's result does not depend on requests of other lengths.
     """
     _check_count("batch_size", batch_size)
     if max_length is None:

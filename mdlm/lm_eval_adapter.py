@@ -22,6 +22,12 @@ model_args={"checkpoint": ..., "tokenizer": ...}, tasks=[...])`` works; on the c
   ``temperature``), cut at EOS and at the first of the task's ``until`` strings. The task's
   ``max_gen_toks`` is ignored: ``gen_length`` decides (as in LLaDA's adapter).
 
+Nothing is padded: ``loglikelihood`` and ``is_greedy`` batch only requests of equal prompt and
+continuation lengths, ``generate_until`` only contexts of equal length (and temperature), and the
+model never gets an attention mask. So even for a padding-blind model (LLaDA) a request's ELBO,
+``is_greedy`` and greedy generation do not depend on requests of other lengths, bit for bit
+(sampled generation draws its noise per batch, seeded by ``seed`` and the batch's offset).
+
 Too long inputs raise (``truncation="error"``) or keep the last tokens of the context
 (``truncation="left"``, the harness' usual behaviour).
 """

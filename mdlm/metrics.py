@@ -13,17 +13,64 @@ for t drawn over the full range [eps, 1]; and the contribution of each evaluatio
 
 exactly. ``bin_j`` reads as the loss density at t in bin j: with uniform t it estimates
 :math:`E[\frac{1}{t}\sum_i m_i\ell_i \mid t \in \mathrm{bin}_j] / E|\mathrm{maskable}|`.
+
+Both metrics derive from :class:`FixedDtypeMetric`, so their float64 states stay float64 under
+every ``trainer.precision`` (``bf16-true`` and ``16-true`` cast the whole LightningModule).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import torch
+from lightning_utilities.core.apply_func import apply_to_collection
+from torch import Tensor, nn
 from torchmetrics import Metric
 
 
-class NELBO(Metric):
+def _keep_dtype(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """``fn`` where it keeps the dtype (device moves, ``to_empty``, ...); a device move of the
+    *original* tensor where ``fn`` would change the dtype (so no value is ever rounded)."""
+
+    def apply(tensor: Tensor) -> Tensor:
+        out = fn(tensor)
+        return out if out.dtype == tensor.dtype else tensor.to(device=out.device)
+
+    return apply
+
+
+class FixedDtypeMetric(Metric):
+    """A Metric whose states keep the dtype they were declared with (float64 sums here).
+
+    torchmetrics casts floating states whenever the owning module is cast through
+    ``Module.to(dtype)`` / ``to(tensor)`` (only ``.half()``/``.float()``/``.double()``/``.type()``
+    are guarded), which is what Lightning's ``bf16-true``/``16-true`` precision does: sums then
+    lose their precision (bf16 counts stop being exact past 256) and float64 updates fail to
+    ``index_add_`` into them. Here every module function is still applied to the states, their
+    defaults and the cached results, except that a dtype change is dropped: device moves work,
+    dtypes never change (``set_dtype`` included), and :attr:`dtype` keeps its value.
+    """
+
+    def _apply(self, fn: Callable, exclude_state: Sequence[str] = "") -> nn.Module:
+        excluded = {exclude_state} if isinstance(exclude_state, str) else set(exclude_state)
+        dtype, computed, forward_cache = self._dtype, self._computed, self._forward_cache
+        self._computed = self._forward_cache = None  # handled below, without the cast
+        # torchmetrics applies `fn` to parameters/buffers and updates `device`; the states are ours
+        this = super()._apply(fn, exclude_state=tuple(self._defaults))
+        keep = _keep_dtype(fn)
+        for key, default in this._defaults.items():
+            if key in excluded:
+                continue
+            this._defaults[key] = apply_to_collection(default, Tensor, keep)
+            setattr(this, key, apply_to_collection(getattr(this, key), Tensor, keep))
+        this._computed = apply_to_collection(computed, Tensor, keep)
+        this._forward_cache = apply_to_collection(forward_cache, Tensor, keep)
+        this._dtype = dtype
+        return this
+
+
+class NELBO(FixedDtypeMetric):
     """NELBO per token, perplexity bound and the per-t-bin decomposition (float64 states)."""
 
     full_state_update = False
@@ -58,7 +105,7 @@ class NELBO(Metric):
         return out
 
 
-class TokenAccuracy(Metric):
+class TokenAccuracy(FixedDtypeMetric):
     """Accuracy of predictions at query positions (e.g. the parity label), summed counts."""
 
     full_state_update = False

@@ -175,6 +175,13 @@ class MaskedDiffusionLM(LightningModule):
                 self.backbone = Transformer(vocab_size)
             else:
                 self.backbone = backbone(vocab_size)
+        backbone_mask = getattr(self.backbone, "mask_token_id", None)
+        if backbone_mask is not None and backbone_mask != mask_token_id:
+            raise ValueError(
+                f"mask_token_id={mask_token_id} (the data's) differs from the [MASK] id {backbone_mask} that "
+                f"{type(self.backbone).__name__} was trained with (its config / family): set data.init_args."
+                f"mask_token_id={backbone_mask}, or train from scratch"
+            )
         self.vocab_size = vocab_size
         self.mask_token_id = mask_token_id
         self.suppressed = sorted({mask_token_id, *suppress_token_ids})
@@ -190,6 +197,14 @@ class MaskedDiffusionLM(LightningModule):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, L, V] of the backbone (no suppression applied)."""
         return self.backbone(input_ids, attention_mask=attention_mask)
+
+    @property
+    def padding_hidden(self) -> bool:
+        """Whether the backbone's attention honours ``attention_mask`` (False for LLaDA's published code).
+
+        False: generation batches prompts of equal length only (:func:`mdlm.generation.generate`) and
+        training/evaluation batches must not hide padding (:meth:`_batch_parts`)."""
+        return bool(getattr(self.backbone, "padding_hidden", True))
 
     @property
     def sampler(self) -> MaskRatioSampler:
@@ -223,7 +238,15 @@ class MaskedDiffusionLM(LightningModule):
     # ------------------------------------------------------------------ training
     def _batch_parts(self, batch: dict[str, torch.Tensor]):
         input_ids = batch["input_ids"]
-        return input_ids, batch.get("maskable"), batch.get("attention_mask")
+        attention_mask = batch.get("attention_mask")
+        if attention_mask is not None and not self.padding_hidden and not bool(attention_mask.all()):
+            raise ValueError(
+                f"{type(self.backbone).__name__} ignores attention_mask (padding_hidden=False), but this batch hides "
+                f"{int((~attention_mask.bool()).sum())} padded positions: its loss would depend on the padding. Pad "
+                "to a fixed length and attend to the padding (SFT: supervise_padding: true, LLaDA's convention) or "
+                "pack sequences without padding"
+            )
+        return input_ids, batch.get("maskable"), attention_mask
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         r"""One micro-batch of the MD (or output-supervision) loss, normalised over the *global* batch.
@@ -502,18 +525,28 @@ class MaskedDiffusionLM(LightningModule):
             raise RuntimeError("generation batches need a data module with a `tokenizer` to decode answers")
         eos = getattr(dm, "eos_token_id", None)
         pad = getattr(dm, "pad_token_id", None)
-        out = generate(
-            self,
-            batch["prompt_input_ids"],
-            attention_mask=batch["prompt_attention_mask"],
+        kwargs = dict(
             mask_token_id=self.mask_token_id,
             eos_token_id=eos,
             pad_token_id=pad if pad is not None else eos,
             suppress_token_ids=[t for t in self.suppressed if t != self.mask_token_id],
             **self.generation_config.generate_kwargs(),
         )
+        ids, mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
+        rows = self._lockstep_rows(ids.shape[0]) if not self.padding_hidden else None
+        if rows is None:
+            sequences = generate(self, ids, attention_mask=mask, **kwargs).sequences
+        else:
+            # one prompt per call (each gives the same number of forward passes), the same number of calls on
+            # every rank: sharded forwards are collective, and grouping by length would differ between ranks
+            sequences = []
+            for row in range(rows):
+                real = min(row, ids.shape[0] - 1)
+                out = generate(self, ids[real : real + 1][:, mask[real].bool()], **kwargs).sequences[0]
+                if row < ids.shape[0]:
+                    sequences.append(out)
         records = []
-        for i, sequence in enumerate(out.sequences):
+        for i, sequence in enumerate(sequences):
             text = tokenizer.decode(sequence, skip_special_tokens=True)
             dataset = batch["dataset"][i]
             reference = batch["reference"][i]
@@ -532,6 +565,20 @@ class MaskedDiffusionLM(LightningModule):
             )
         return records
 
+    def _lockstep_rows(self, batch_rows: int) -> int | None:
+        """For a padding-blind backbone under a sharded strategy: the largest batch over the ranks (each
+        rank then generates that many single prompts, repeating its last one); None when not sharded."""
+        import torch.distributed as dist
+
+        from mdlm.parallel import is_sharded
+
+        sharded = any(is_sharded(m) for m in self.backbone.modules()) or type(self.trainer.strategy).__name__.startswith("FSDP")
+        if not (sharded and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return None
+        rows = torch.tensor([batch_rows], device=self.device)
+        dist.all_reduce(rows, op=dist.ReduceOp.MAX)
+        return int(rows.item())
+
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> Any:
         """Generation batches: a list of answer records (prompt, generation, extracted answer,
         reference, correct). Other batches: one-step denoising of every [MASK] of ``input_ids``."""
@@ -546,6 +593,13 @@ class MaskedDiffusionLM(LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         groups = parameter_groups(self.backbone, hp.weight_decay, hp.exclude_norms_biases_embeddings)
+        for dtype in {p.dtype for group in groups for p in group["params"] if p.is_floating_point()}:
+            if torch.tensor(hp.adam_eps, dtype=dtype) == 0:  # AdamW would divide 0 by 0: NaN weights at step 1
+                raise ValueError(
+                    f"adam_eps={hp.adam_eps} rounds to 0 in {dtype} (the weights' dtype, e.g. trainer.precision="
+                    f"16-true): set model.init_args.adam_eps >= {float(torch.finfo(dtype).smallest_normal):.1e}, "
+                    "or keep fp32 weights (bf16-mixed, 32-true)"
+                )
         optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.adam_eps)
         total = self.trainer.estimated_stepping_batches if self._trainer is not None else 1
         total = int(total) if math.isfinite(total) else 0

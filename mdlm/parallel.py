@@ -11,8 +11,21 @@ Two routes, both configured from YAML (``configs/trainer/``):
   too) with pure data-parallel defaults; :meth:`mdlm.module.MaskedDiffusionLM.configure_model`
   calls :func:`parallelize` which applies ``fully_shard`` to every block and then to the backbone
   (parameters become ``DTensor`` shards on the ``data_parallel`` mesh dimension), optionally with
-  activation checkpointing of each block, then materialises meta-device parameters and loads full
-  pretrained weights into the shards (:func:`load_full_state_dict`).
+  activation checkpointing of each block, then materialises meta-device parameters and loads
+  pretrained weights into the shards: a safetensors folder read per rank (only the rows of each
+  rank's shards, :func:`mdlm.models.loading.load_safetensors_into`) or a ``torch.save``-d full
+  state dict broadcast from rank 0 (:func:`load_full_state_dict`). Non-persistent buffers that
+  checkpoints do not hold (rotary ``inv_freq``) are rebuilt after materialisation
+  (:func:`mdlm.models.loading.rebuild_non_persistent_buffers`).
+
+Pretrained weights under FSDP (v1): there is no per-rank safetensors loading for FSDP1. The
+supported route is rank-0 loading: build the model with ``from_pretrained`` on rank 0 and on the
+meta device on the other ranks, and pass ``sync_module_states=True`` to :class:`BlockFSDPStrategy`
+(FSDP1 materialises the meta modules itself — ``to_empty`` + ``reset_parameters``, or a
+``param_init_fn`` — and then broadcasts rank 0's parameters *and buffers*, so rotary caches arrive
+too). Rank 0 holds the full model once, so this only suits models that fit one process; FSDP2 (the
+default) never materialises the full model anywhere. (FSDP1 needs a GPU in Lightning; this route
+is not exercised by the CPU tests.)
 
 Gradient norm under sharding: with shards :math:`g^{(r)}` of the flattened gradient on rank r,
 :math:`\lVert g\rVert_2 = (\sum_r \lVert g^{(r)}\rVert_2^2)^{1/2}`; clipping scales every shard by
@@ -122,6 +135,11 @@ class FSDP2Plan:
             precision to the Trainer's ``precision`` plugin.
         init_weights: a ``torch.save``-d full state dict of the backbone, loaded into the shards once
             after sharding (read on rank 0 only and broadcast).
+        pretrained: a folder (or hub name) of safetensors weights (``model.safetensors`` or sharded
+            ``model-0000k-of-0000n.safetensors`` + ``model.safetensors.index.json``), read by every
+            rank for its own shards only (:func:`mdlm.models.loading.load_safetensors_into`). Key
+            prefix and ties come from the backbone (``checkpoint_prefix``, ``tied_weights``, see
+            :func:`parallelize`). Exclusive with ``init_weights``.
     """
 
     checkpoint_blocks: bool = False
@@ -130,8 +148,14 @@ class FSDP2Plan:
     param_dtype: str | None = None
     reduce_dtype: str | None = None
     init_weights: str | None = None
+    pretrained: str | None = None
 
     def __post_init__(self) -> None:
+        if self.init_weights and self.pretrained:
+            raise ValueError(
+                f"init_weights={self.init_weights!r} and pretrained={self.pretrained!r} both set: "
+                "give one source of weights"
+            )
         for name in ("param_dtype", "reduce_dtype"):
             value = getattr(self, name)
             if value is not None and value not in DTYPES:
@@ -147,7 +171,7 @@ class FSDP2Strategy(ModelParallelStrategy):
     Args:
         data_parallel_size, tensor_parallel_size: the device mesh (default: all devices, no TP).
         checkpoint_blocks, reshard_after_forward, cpu_offload, param_dtype, reduce_dtype,
-            init_weights: the :class:`FSDP2Plan`.
+            init_weights, pretrained: the :class:`FSDP2Plan`.
         save_distributed_checkpoint: True saves a sharded DCP directory (every rank writes its
             shards), False a consolidated single file gathered on rank 0.
         **kwargs: further ``ModelParallelStrategy`` arguments (``process_group_backend``, ``timeout``).
@@ -163,6 +187,7 @@ class FSDP2Strategy(ModelParallelStrategy):
         param_dtype: str | None = None,
         reduce_dtype: str | None = None,
         init_weights: str | None = None,
+        pretrained: str | None = None,
         save_distributed_checkpoint: bool = True,
         **kwargs: Any,
     ) -> None:
@@ -176,12 +201,22 @@ class FSDP2Strategy(ModelParallelStrategy):
             save_distributed_checkpoint=save_distributed_checkpoint,
             **kwargs,
         )
-        self.plan = FSDP2Plan(checkpoint_blocks, reshard_after_forward, cpu_offload, param_dtype, reduce_dtype, init_weights)
+        self.plan = FSDP2Plan(
+            checkpoint_blocks=checkpoint_blocks, reshard_after_forward=reshard_after_forward, cpu_offload=cpu_offload,
+            param_dtype=param_dtype, reduce_dtype=reduce_dtype, init_weights=init_weights, pretrained=pretrained,
+        )
 
     def setup_environment(self) -> None:
         if self._data_parallel_size == "auto":
             self._data_parallel_size = self.num_nodes * self.num_processes
         super().setup_environment()
+
+
+def is_checkpointed(module: nn.Module) -> bool:
+    """True once the composable ``torch.distributed._composable.checkpoint`` has been applied to ``module``."""
+    from torch.distributed._composable.contract import _get_registry
+
+    return "checkpoint" in (_get_registry(module) or {})
 
 
 def is_sharded(module: nn.Module) -> bool:
@@ -196,8 +231,29 @@ def parallelize(module: nn.Module, mesh, plan: FSDP2Plan | None = None, device: 
 
     ``mesh`` is a 1-D device mesh or a mesh with a ``data_parallel`` dimension. Idempotent: returns
     False (and does nothing) when ``module`` is already sharded. Meta-device parameters are
-    materialised on ``device`` and initialised (every submodule's ``reset_parameters``, children
-    first), then ``plan.init_weights`` is loaded into the shards.
+    materialised on ``device`` (only the local shards are allocated), non-persistent buffers are
+    rebuilt (:func:`mdlm.models.loading.rebuild_non_persistent_buffers`), and the weights come from,
+    in this order of precedence:
+
+    1. ``plan.pretrained`` — a safetensors folder, every rank reading only its shards;
+    2. the backbone's own checkpoint (contract below) — the same per-rank loading;
+    3. ``plan.init_weights`` — a ``torch.save``-d full state dict, read on rank 0 and broadcast;
+    4. otherwise every submodule's ``reset_parameters`` (a fresh initialisation).
+
+    With 1 or 2, ``reset_parameters`` is skipped (every parameter is overwritten; loading is strict).
+
+    Backbone contract (duck-typed; e.g. :class:`mdlm.models.hf.HFBackbone` built on the meta device):
+
+    - ``pretrained_folder: str | None`` — safetensors folder or hub name of the weights (set it
+      only when the backbone was built without them, e.g. on the meta device: it is loaded whether
+      or not the parameters were on meta);
+    - ``checkpoint_prefix: str`` (default ``""``) — the part of the backbone's parameter names that
+      checkpoint keys lack, e.g. ``"model."`` when the transformers model is ``backbone.model``;
+    - ``tied_weights: dict[str, str] | None`` (optional) — extra ``{name: source_name}`` ties in
+      the backbone's own parameter names (aliased parameters and transformers' declared ties are
+      found automatically).
+
+    ``plan.pretrained`` uses the same ``checkpoint_prefix``/``tied_weights`` when the backbone has them.
     """
     from torch.distributed._composable import checkpoint
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
@@ -215,14 +271,27 @@ def parallelize(module: nn.Module, mesh, plan: FSDP2Plan | None = None, device: 
         )
     if plan.cpu_offload:
         kwargs["offload_policy"] = CPUOffloadPolicy()
+    folder = plan.pretrained or getattr(module, "pretrained_folder", None)
+    if folder and plan.init_weights:
+        raise ValueError(
+            f"{type(module).__name__} brings its checkpoint {folder!r} and the plan sets init_weights="
+            f"{plan.init_weights!r}: give one source of weights"
+        )
     for block in blocks(module):
-        if plan.checkpoint_blocks:
+        if plan.checkpoint_blocks and not is_checkpointed(block):  # HFBackbone may have done it already
             checkpoint(block)
         fully_shard(block, **kwargs)
     fully_shard(module, **kwargs)
     if has_meta_tensors(module):
-        materialize_meta_(module, device or torch.device("cpu"))
-    if plan.init_weights:
+        materialize_meta_(module, device or torch.device("cpu"), init=not folder)
+    if folder:
+        from mdlm.models.loading import load_safetensors_into
+
+        load_safetensors_into(
+            module, folder, prefix=getattr(module, "checkpoint_prefix", "") or "",
+            tied=getattr(module, "tied_weights", None),
+        )
+    elif plan.init_weights:
         load_full_state_dict(module, plan.init_weights)
     return True
 
@@ -234,19 +303,28 @@ def has_meta_tensors(module: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def materialize_meta_(module: nn.Module, device: torch.device | str) -> nn.Module:
-    """Allocate meta tensors on ``device`` (``to_empty``) and initialise them in place.
+def materialize_meta_(module: nn.Module, device: torch.device | str, init: bool = True) -> nn.Module:
+    """Allocate meta tensors on ``device`` (``to_empty``), initialise them and rebuild non-persistent buffers.
 
-    Every submodule's own ``reset_parameters`` runs, innermost first, so a model-level
+    With ``init``, every submodule's own ``reset_parameters`` runs, innermost first, so a model-level
     ``reset_parameters`` (e.g. :meth:`mdlm.models.transformer.Transformer.reset_parameters`, the
-    GPT-2 scheme) has the last word. Works on sharded (DTensor) parameters: each rank allocates and
-    initialises only its shard.
+    GPT-2 scheme) has the last word; ``init=False`` leaves the parameters uninitialised for a loader
+    that overwrites all of them. Non-persistent buffers that were on the meta device (rotary
+    ``inv_freq``, which no checkpoint holds) are recomputed by
+    :func:`mdlm.models.loading.rebuild_non_persistent_buffers` — an error names any that cannot be.
+    Works on sharded (DTensor) parameters: each rank allocates and initialises only its shard.
     """
+    from mdlm.models.loading import non_persistent_buffer_names, rebuild_non_persistent_buffers
+
+    stale = non_persistent_buffer_names(module, only_meta=True)
     module.to_empty(device=device)
-    for sub in reversed(list(module.modules())):
-        reset = getattr(sub, "reset_parameters", None)
-        if callable(reset):
-            reset()
+    if init:
+        for sub in reversed(list(module.modules())):
+            reset = getattr(sub, "reset_parameters", None)
+            if callable(reset):
+                reset()
+    if stale:
+        rebuild_non_persistent_buffers(module, stale, device=device)
     return module
 
 

@@ -36,3 +36,20 @@ def tiny_trainer(tmp_path: Path, **kwargs):
     )
     defaults.update(kwargs)
     return Trainer(**defaults)
+
+
+@pytest.fixture(scope="module")
+def modules_cache(tmp_path_factory):
+    """Keep transformers' copies of remote code out of ~/.cache (one folder for this module, then forgotten)."""
+    import sys
+
+    import transformers.dynamic_module_utils as dmu
+
+    folder = tmp_path_factory.mktemp("remote")
+    saved = dmu.HF_MODULES_CACHE
+    dmu.HF_MODULES_CACHE = str(folder / "hf_modules")
+    yield folder
+    dmu.HF_MODULES_CACHE = saved
+    for name in [n for n in sys.modules if n == "transformers_modules" or n.startswith("transformers_modules.")]:
+        del sys.modules[name]
+    sys.path[:] = [p for p in sys.path if p != str(folder / "hf_modules")]

@@ -608,3 +608,22 @@ def test_lightning_fit_and_validate_consume_sft_batches(gsm_files, tmp_path):
     trainer.fit(model, datamodule=dm)
     metrics = trainer.validate(model, datamodule=dm, verbose=False)[0]
     assert torch.isfinite(torch.tensor(metrics["val/nelbo"]))
+
+
+@needs_gpt2
+@needs_math
+def test_chat_train_with_a_math500_test_split_the_papers_layout(tmp_path):
+    """The paper fine-tunes on chat records (tulu-3-sft-personas-math-filtered) and tests on MATH-500:
+    train/val use the chat adapter, test the MATH-500 one (references from its answer field)."""
+    conv = [{"messages": [{"role": "user", "content": f"What is {i}+{i}?"},
+                          {"role": "assistant", "content": f"It is {2 * i}."}]} for i in range(6)]
+    train = write_jsonl(tmp_path / "tulu_like.jsonl", conv)
+    dm = make_dm(train, MATH / "math500_test.jsonl", dataset="chat", test_dataset="math500", val_size=2, limit_eval=3)
+    dm.setup("fit")
+    dm.setup("test")
+    assert {r.dataset for r in dm.records("train") + dm.records("val")} == {"chat"}
+    raw = [json.loads(line) for line in (MATH / "math500_test.jsonl").read_text(encoding="utf-8").splitlines()[:3]]
+    test = dm.records("test")
+    assert [r.reference for r in test] == [r["answer"].strip() for r in raw] and {r.dataset for r in test} == {"math"}
+    with pytest.raises(SFTDataError, match="test_dataset"):
+        make_dm(train, dataset="chat", test_dataset="mmlu")

@@ -359,23 +359,6 @@ def _remote_folder(tmp_path, name: str, legacy: bool):
     return folder
 
 
-@pytest.fixture(scope="module")
-def modules_cache(tmp_path_factory):
-    """Keep transformers' copies of remote code out of ~/.cache (one folder for this module, then forgotten)."""
-    import sys
-
-    import transformers.dynamic_module_utils as dmu
-
-    folder = tmp_path_factory.mktemp("remote")
-    saved = dmu.HF_MODULES_CACHE
-    dmu.HF_MODULES_CACHE = str(folder / "hf_modules")
-    yield folder
-    dmu.HF_MODULES_CACHE = saved
-    for name in [n for n in sys.modules if n == "transformers_modules" or n.startswith("transformers_modules.")]:
-        del sys.modules[name]
-    sys.path[:] = [p for p in sys.path if p != str(folder / "hf_modules")]
-
-
 def test_trust_remote_code(modules_cache):
     folder = _remote_folder(modules_cache, "tinybi", legacy=False)
     with pytest.raises(ValueError, match="needs `trust_remote_code: true`"):

@@ -314,3 +314,33 @@ def test_model_object_with_explicit_mask_id(assets):
     assert "[MASK]" not in lm.generate_until([_req("generate_until", ("Q:", {"until": []}))])[0]
     with pytest.raises(ValueError, match="exactly one of checkpoint"):
         MDLMEvalHarness(checkpoint=str(assets[0]), model=net, tokenizer=str(tok))
+
+
+def test_padding_blind_model_results_do_not_depend_on_other_lengths(lm):
+    """A model whose attention ignores ``attention_mask`` (``padding_hidden = False``, like LLaDA):
+    the adapter batches only equal lengths and never passes a mask, so each request's ELBO,
+    ``is_greedy`` and greedy generation are the same alone and among requests of other lengths."""
+    from mdlm.models.transformer import Transformer
+
+    class Blind(torch.nn.Module):
+        padding_hidden = False
+
+        def __init__(self, net):
+            super().__init__()
+            self.net, self.masks = net, []
+
+        def forward(self, input_ids, attention_mask=None):
+            self.masks.append(attention_mask is not None)
+            return self.net(input_ids)  # attends to every position, padding included
+
+    torch.manual_seed(0)
+    blind = Blind(Transformer(lm.model.vocab_size, preset="tiny", max_seq_len=32))
+    harness = MDLMEvalHarness(model=blind, tokenizer=lm.tokenizer, mask_token_id=lm.mask_token_id, mc_num=8,
+                              batch_size=4, gen_length=4, steps=4, max_length=32)
+    contexts = ["Q: grass is A:", "Q: the sky is A:", "Q:"]
+    assert len({len(harness.tok_encode(c)) for c in contexts}) == 3
+    gens = [_req("generate_until", (c, {"until": []}), i) for i, c in enumerate(contexts)]
+    assert harness.generate_until(gens) == [harness.generate_until([g])[0] for g in gens]
+    lls = [_req("loglikelihood", (c, " blue"), i) for i, c in enumerate(contexts)]
+    assert harness.loglikelihood(lls) == [harness.loglikelihood([r])[0] for r in lls]
+    assert blind.masks and not any(blind.masks)

@@ -626,7 +626,10 @@ class SFTDataModule(LightningDataModule):
 
     Args:
         tokenizer: a local tokenizer folder or a Hugging Face Hub name (:func:`load_tokenizer`).
-        dataset: ``gsm8k`` | ``math`` | ``math500`` | ``chat`` (the record adapter).
+        dataset: ``gsm8k`` | ``math`` | ``math500`` | ``chat`` (the record adapter of train and val).
+        test_dataset: the adapter of the test split when it differs (default: ``dataset``); the paper
+            fine-tunes on chat records (``allenai/tulu-3-sft-personas-math-filtered``) and tests on
+            GSM8K (``gsm8k``) or MATH-500 (``math500``).
         train_path, val_path, test_path: local JSONL files (or JSON arrays), per split.
         hf_name, hf_config, hf_splits: a Hugging Face dataset (``openai/gsm8k`` + ``main``,
             ``HuggingFaceH4/MATH-500``, ``EleutherAI/hendrycks_math`` + a subject config or a list of
@@ -665,6 +668,7 @@ class SFTDataModule(LightningDataModule):
         self,
         tokenizer: str,
         dataset: DatasetName = "gsm8k",
+        test_dataset: DatasetName | None = None,
         train_path: str | None = None,
         val_path: str | None = None,
         test_path: str | None = None,
@@ -692,6 +696,8 @@ class SFTDataModule(LightningDataModule):
         super().__init__()
         self.save_hyperparameters(ignore=["mask_token_id"])  # the model logs the resolved id
         _check_choice("dataset", dataset, DATASETS)
+        if test_dataset is not None:
+            _check_choice("test_dataset", test_dataset, DATASETS)
         _check_choice("template", template, TEMPLATES)
         _check_choice("pad_to", pad_to, PAD_TO)
         _check_choice("on_overflow", on_overflow, ON_OVERFLOW)
@@ -708,6 +714,7 @@ class SFTDataModule(LightningDataModule):
             if value is not None and value < 1:
                 raise SFTDataError(f"{name}={value} must be >= 1 (or None for all records)")
         self.dataset_name = dataset
+        self.test_dataset_name = test_dataset or dataset
         self.max_length = int(max_length)
         self.pad_to = pad_to
         self.supervise_padding = bool(supervise_padding)
@@ -803,7 +810,8 @@ class SFTDataModule(LightningDataModule):
         if split not in self.sources:
             raise SFTDataError(f"no {split} data: give {split}_path, or hf_name with hf_splits[{split!r}]")
         stats = self.stats.setdefault(split, SplitStats(source=self._describe(split)))
-        records = read_records(self.dataset_name, self._rows(split), self.on_missing_answer, self.group_by, stats)
+        adapter = self.test_dataset_name if split == "test" else self.dataset_name
+        records = read_records(adapter, self._rows(split), self.on_missing_answer, self.group_by, stats)
         if split == "train" and held_out_val:
             if self.val_size >= len(records):
                 raise SFTDataError(

@@ -44,6 +44,7 @@ attention that ignores the padding mask); LLaDA's actual files and weights were 
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import warnings
@@ -52,6 +53,9 @@ from typing import Any, Literal
 
 import torch
 import torch.nn as nn
+
+from mdlm.models.families import detect_family, get_family
+from mdlm.models.meta_init import force_device, is_meta_context
 
 log = logging.getLogger(__name__)
 
@@ -142,18 +146,34 @@ def _legacy_compatible(cls: type) -> type:
     """Return ``cls`` or, for transformers-4.x remote code, a same-named subclass that loads under 5.x.
 
     The subclass (same ``__name__``/``__module__``, so ``save_pretrained`` writes the original class into
-    ``auto_map`` and copies the original code) calls ``post_init()`` after ``__init__`` when the remote
-    code did not, and accepts (and drops) the ``missing_keys``/``recompute_mapping`` arguments that
-    transformers 5 passes to ``tie_weights``.
+    ``auto_map`` and copies the original code)
+
+    - calls ``post_init()`` after ``__init__`` when the remote code did not (LLaDA);
+    - accepts (and drops) the ``missing_keys``/``recompute_mapping`` arguments that transformers 5 passes to
+      ``tie_weights`` (LLaDA's ``tie_weights(self)``);
+    - turns a list-typed ``_tied_weights_keys`` (4.x: ``["lm_head.weight"]``, Dream) into 5.x's
+      ``{target: source}`` mapping onto the input embedding (5.x calls ``.keys()``/``.items()`` on it).
     """
     fix_init, fix_tie = _init_lacks_post_init(cls), _tie_weights_is_legacy(cls)
-    if not (fix_init or fix_tie):
+    tied_list = getattr(cls, "_tied_weights_keys", None)
+    fix_tied = isinstance(tied_list, (list, tuple))
+    if not (fix_init or fix_tie or fix_tied):
         return cls
     namespace: dict[str, Any] = {"__module__": cls.__module__, "__qualname__": cls.__qualname__}
-    if fix_init:
+    if fix_tied:
+        namespace["_tied_weights_keys"] = None  # resolved per instance below, once the embedding exists
+    if fix_init or fix_tied:
 
         def __init__(self, config, *args, **kwargs):
             cls.__init__(self, config, *args, **kwargs)
+            if fix_tied:
+                embedding = self.get_input_embeddings().weight
+                source = next(name for name, p in self.named_parameters(remove_duplicate=False) if p is embedding)
+                self._tied_weights_keys = {key: source for key in tied_list}
+                if hasattr(self, "all_tied_weights_keys"):
+                    self.all_tied_weights_keys = self.get_expanded_tied_weights_keys(all_submodels=False)
+                    if getattr(config, "tie_word_embeddings", False):
+                        self.tie_weights()
             if not hasattr(self, "all_tied_weights_keys"):
                 self.post_init()
 
@@ -164,7 +184,7 @@ def _legacy_compatible(cls: type) -> type:
             return cls.tie_weights(self)
 
         namespace["tie_weights"] = tie_weights
-    fixes = [name for name, on in (("post_init", fix_init), ("tie_weights", fix_tie)) if on]
+    fixes = [name for name, on in (("post_init", fix_init), ("tie_weights", fix_tie), ("_tied_weights_keys", fix_tied)) if on]
     log.info(
         "remote code %s.%s predates transformers 5: loading it with a shim for %s",
         cls.__module__, cls.__name__, ", ".join(fixes),
@@ -178,6 +198,97 @@ def _remote_code_error(source: str, err: Exception) -> ValueError:
         f"`trust_remote_code: true` (HFBackbone(..., trust_remote_code=True)); only set it for code you trust. "
         f"transformers said: {err}"
     )
+
+
+def _request_attention(kwargs: dict[str, Any], attn_implementation: str | None, remote: bool) -> None:
+    """``sdpa`` for transformers' own classes; remote code gets only what the user asked for (LLaDA refuses sdpa)."""
+    if attn_implementation is not None:
+        kwargs.setdefault("attn_implementation", attn_implementation)
+    elif not remote:
+        kwargs.setdefault("attn_implementation", "sdpa")
+
+
+def _build_from_config(cls, hf_config, kwargs: dict[str, Any], attn_implementation: str | None, remote: bool, meta: bool):
+    """Random init of ``cls`` (an Auto class or a remote model class) from ``hf_config``.
+
+    ``meta``: built inside :func:`mdlm.models.meta_init.force_device`, so nothing is allocated even where
+    the constructor pins a device (LLaDA builds every layer with ``device="cpu"``).
+    """
+    kwargs = dict(kwargs)
+    _request_attention(kwargs, attn_implementation, remote)
+    with force_device("meta") if meta else contextlib.nullcontext():
+        try:
+            if remote:
+                return cls._from_config(hf_config, **kwargs)
+            return cls.from_config(hf_config, **kwargs)
+        except ValueError as err:
+            if "Unrecognized configuration class" in str(err):
+                raise ValueError(
+                    f"model_type={hf_config.model_type!r} has no {cls.__name__} model; try the other auto_class ({err})"
+                ) from None
+            raise
+
+
+def _local_folder(source: str, revision: str | None) -> str:
+    """The local folder of a pretrained model (a hub name is downloaded, weights included, once)."""
+    if Path(source).is_dir():
+        return source
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(source, revision=revision, allow_patterns=["*.json", "*.safetensors", "*.py"])
+
+
+def _config_dtype(hf_config) -> torch.dtype | None:
+    dtype = getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None)
+    return _resolve_dtype(dtype) if isinstance(dtype, str) else dtype
+
+
+def _config_mask_id(hf_config, family) -> int | None:
+    """The [MASK] id the checkpoint was trained with: ``config.mask_token_id``, else the family's."""
+    value = getattr(hf_config, "mask_token_id", None)
+    return int(value) if value is not None else family.mask_token_id
+
+
+def _default_rope_parameters(config, device=None, seq_len=None, **_: Any) -> tuple[torch.Tensor, float]:
+    r"""transformers-4's ``'default'`` RoPE: :math:`\theta_j = b^{-2j/d}`, ``d = head_dim * partial_rotary_factor``."""
+    params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    base = getattr(config, "rope_theta", None) or params.get("rope_theta", 10000.0)
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    dim = int(head_dim * getattr(config, "partial_rotary_factor", 1.0))
+    inv_freq = 1.0 / (float(base) ** (torch.arange(0, dim, 2, dtype=torch.int64).to(device=device, dtype=torch.float) / dim))
+    return inv_freq, 1.0
+
+
+def _ensure_rope_default() -> None:
+    """transformers 5 dropped ``ROPE_INIT_FUNCTIONS['default']``, which 4.x remote code (Dream) looks up when
+    building its rotary embedding (and again when mdlm rebuilds ``inv_freq`` after meta init). Put it back.
+
+    Harmless to transformers' own models: they compute the default RoPE themselves and look the table up
+    only for other rope types."""
+    from transformers import modeling_rope_utils
+
+    if "default" not in modeling_rope_utils.ROPE_INIT_FUNCTIONS:
+        modeling_rope_utils.ROPE_INIT_FUNCTIONS["default"] = _default_rope_parameters
+        log.info("transformers %s has no ROPE_INIT_FUNCTIONS['default'] (4.x remote code needs it): added", _transformers_version())
+
+
+def _shim_generation_config(model: nn.Module) -> None:
+    """4.x generation configs (Dream's) define ``validate(self, is_init=False)``; transformers 5 calls it with
+    ``strict=`` / ``user_set_attributes=`` (``save_pretrained``, ``update``). Accept and drop those keywords."""
+    config = getattr(model, "generation_config", None)
+    validate = getattr(type(config), "validate", None) if config is not None else None
+    if validate is None:
+        return
+    params = inspect.signature(validate).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()) or "strict" in params:
+        return
+    known = set(params)
+
+    def compatible(self, *args, **kwargs):
+        return validate(self, *args, **{k: v for k, v in kwargs.items() if k in known})
+
+    log.info("generation config %s predates transformers 5: validate() accepts the new keywords", type(config).__name__)
+    config.__class__ = type(type(config).__name__, (type(config),), {"validate": compatible})
 
 
 class HFBackbone(nn.Module):
@@ -195,8 +306,11 @@ class HFBackbone(nn.Module):
             the embeddings (``resize_token_embeddings``, logged); a smaller one is an error unless
             ``truncate_vocab`` is set.
         pretrained: hub name or local folder loaded with ``from_pretrained`` (exclusive with ``config``).
-        config: build from scratch: ``{"model_type": "llama", "hidden_size": 64, ...}`` is passed to
-            ``AutoConfig.for_model``; ``vocab_size`` defaults to the data's.
+        config: build from scratch (random init): a dict ``{"model_type": "llama", "hidden_size": 64, ...}``
+            passed to ``AutoConfig.for_model`` (``vocab_size`` defaults to the data's), or the folder / hub name
+            of a ``config.json`` — with ``trust_remote_code`` a folder holding only the model's code and
+            ``config.json`` (LLaDA, Dream) builds that architecture.
+        config_overrides: keys set on a loaded ``config.json`` before building (e.g. ``{n_layers: 2}``).
         auto_class: ``causal_lm`` (``AutoModelForCausalLM``; made bidirectional, needs transformers >= 5.2)
             or ``masked_lm`` (``AutoModelForMaskedLM``; BERT-like models, already bidirectional).
         trust_remote_code: allow a checkpoint's own modeling code (``auto_map``), e.g. LLaDA. Always passed
@@ -214,7 +328,15 @@ class HFBackbone(nn.Module):
             their positions themselves).
         revision: hub revision of ``pretrained``.
         verify: probe the model once after building it: bidirectional (else ``RuntimeError``) and padding
-            hidden by the attention mask (else a warning). Skipped for parameters on the meta device.
+            hidden by the attention mask (else a warning, and :attr:`padding_hidden` is False). Skipped for
+            parameters on the meta device (the family's prior is kept).
+        model_family: ``auto`` (from ``config.model_type``) | ``transformers`` | ``llada`` | ``dream``: the
+            adapter of :mod:`mdlm.models.families` (logit shift, mask form, position ids, padding, [MASK] id).
+
+    Built inside ``torch.device("meta")`` (``MaskedDiffusionLM(init_device="meta")``) with ``pretrained``, the
+    model is built from its config without allocating anything (even where the remote constructor pins a
+    device) and :attr:`pretrained_folder` is set: FSDP2 then reads each rank's slices of the safetensors
+    shards into its shards (:func:`mdlm.parallel.parallelize`).
         model_kwargs: further keyword arguments for ``from_pretrained`` / ``from_config``.
     """
 
@@ -232,14 +354,19 @@ class HFBackbone(nn.Module):
         position_ids_from_mask: bool | None = None,
         revision: str | None = None,
         verify: bool = True,
+        model_family: str = "auto",
+        config_overrides: dict[str, Any] | None = None,
         model_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if (pretrained is None) == (config is None):
             raise ValueError(
                 "HFBackbone needs exactly one of `pretrained` (a hub name or local folder) and `config` "
-                f"(a dict with model_type, built from scratch); got pretrained={pretrained!r}, config={config!r}"
+                "(a dict with model_type, or the folder/hub name of a config.json, built from scratch); "
+                f"got pretrained={pretrained!r}, config={config!r}"
             )
+        if config_overrides and not isinstance(config, str) and pretrained is None:
+            raise ValueError("config_overrides applies to a config folder (config: <path>); put the keys in the config dict")
         if vocab_size < 2:
             raise ValueError(f"vocab_size={vocab_size} must be >= 2")
         auto_cls = _auto_cls(auto_class)
@@ -250,19 +377,35 @@ class HFBackbone(nn.Module):
         torch_dtype = _resolve_dtype(dtype)
         if torch_dtype is not None:
             kwargs["dtype"] = torch_dtype
-        if config is not None:
+        #: set when the model was built unallocated from ``pretrained``: the weights are read later, into
+        #: each rank's shards (:func:`mdlm.parallel.parallelize`); checkpoint keys are parameter names
+        #: without ``checkpoint_prefix``
+        self.pretrained_folder: str | None = None
+        self.checkpoint_prefix = "model."
+        meta = is_meta_context()
+        if isinstance(config, dict):
             config = dict(config)
             config.setdefault("vocab_size", self.vocab_size)
             if kwargs.get("dtype") == "auto":  # nothing to take the dtype from
                 del kwargs["dtype"]
             self.source = f"config(model_type={config.get('model_type')!r})"
-            self.model, remote = self._from_config(auto_cls, config, kwargs, attn_implementation)
+            self.model, remote = self._from_config(auto_cls, config, kwargs, attn_implementation, meta)
         else:
-            self.model, remote = self._from_pretrained(
-                auto_cls, str(pretrained), kwargs, attn_implementation, trust_remote_code, revision
-            )
-            self.source = str(pretrained)
+            source = str(config if config is not None else pretrained)
+            hf_config, cls = self._load_config(auto_cls, source, trust_remote_code, revision, config_overrides)
+            if kwargs.get("dtype") == "auto" and (config is not None or meta):
+                kwargs["dtype"] = _config_dtype(hf_config)
+            if config is not None or meta:
+                self.model = _build_from_config(cls or auto_cls, hf_config, kwargs, attn_implementation, cls is not None, meta)
+                if pretrained is not None:
+                    self.pretrained_folder = _local_folder(source, revision)
+            else:
+                self.model = self._from_pretrained(cls or auto_cls, source, hf_config, kwargs, attn_implementation, revision, cls is not None)
+            remote = cls is not None
+            self.source = source if config is None else f"config({source})"
         self.remote_code = remote
+        self.family = get_family(model_family) if model_family != "auto" else detect_family(self.model.config)
+        _shim_generation_config(self.model)
         if auto_class == "causal_lm" and not remote and _transformers_version() < MIN_TRANSFORMERS_FOR_CAUSAL:
             import transformers
 
@@ -273,7 +416,18 @@ class HFBackbone(nn.Module):
         make_bidirectional(self.model)
         if getattr(self.model.config, "use_cache", None):
             self.model.config.use_cache = False
+        if self.pretrained_folder is not None and self.vocab_size > self._model_vocab():
+            raise ValueError(
+                f"vocab_size={self.vocab_size} exceeds the {self._model_vocab()} embedding rows of {self.source}: a model "
+                "built on the meta device cannot be resized before its weights are loaded; use the model's tokenizer "
+                "(with its own mask token) or init_device: null"
+            )
         self._match_vocab()
+        #: True when the attention honours ``attention_mask`` (measured by :meth:`verify_attention`; the family's
+        #: prior when the model is not allocated). False: batch only rows of equal real length.
+        self.padding_hidden = self.family.padding_hidden
+        #: the [MASK] id a pretrained checkpoint was trained with (None when built from a config: any id works)
+        self.mask_token_id = _config_mask_id(self.model.config, self.family) if pretrained is not None else None
         if gradient_checkpointing:
             self._enable_gradient_checkpointing()
         self._inspect_forward(position_ids_from_mask)
@@ -282,7 +436,7 @@ class HFBackbone(nn.Module):
 
     # ------------------------------------------------------------------ building
     @staticmethod
-    def _from_config(auto_cls, config: dict[str, Any], kwargs: dict[str, Any], attn_implementation: str | None):
+    def _from_config(auto_cls, config: dict[str, Any], kwargs: dict[str, Any], attn_implementation: str | None, meta: bool):
         from transformers import AutoConfig
 
         model_type = config.pop("model_type", None)
@@ -296,55 +450,46 @@ class HFBackbone(nn.Module):
             raise ValueError(
                 f"config: model_type={model_type!r} is not a model type known to transformers ({err})"
             ) from None
-        kwargs.setdefault("attn_implementation", attn_implementation or "sdpa")
-        try:
-            model = auto_cls.from_config(hf_config, **kwargs)
-        except ValueError as err:
-            if "Unrecognized configuration class" in str(err):
-                raise ValueError(
-                    f"model_type={model_type!r} has no {auto_cls.__name__} model; try the other auto_class ({err})"
-                ) from None
-            raise
-        return model, False
+        return _build_from_config(auto_cls, hf_config, kwargs, attn_implementation, False, meta), False
 
-    def _from_pretrained(
-        self, auto_cls, pretrained: str, kwargs, attn_implementation, trust_remote_code: bool, revision: str | None
-    ):
+    @staticmethod
+    def _load_config(auto_cls, source: str, trust_remote_code: bool, revision: str | None, overrides: dict | None):
+        """(transformers config of ``source``, the remote model class or None for transformers' own classes)."""
         from transformers import AutoConfig
 
         hub = {"revision": revision} if revision is not None else {}
         try:
-            hf_config = AutoConfig.from_pretrained(pretrained, trust_remote_code=bool(trust_remote_code), **hub)
+            hf_config = AutoConfig.from_pretrained(source, trust_remote_code=bool(trust_remote_code), **hub)
         except ValueError as err:
             if "trust_remote_code" in str(err):
-                raise _remote_code_error(pretrained, err) from None
+                raise _remote_code_error(source, err) from None
             raise
+        for key, value in (overrides or {}).items():
+            setattr(hf_config, key, value)
         auto_map = getattr(hf_config, "auto_map", None) or {}
         class_ref = auto_map.get(auto_cls.__name__) or auto_map.get("AutoModel")
-        remote = bool(trust_remote_code) and class_ref is not None
-        if remote:
-            from transformers.dynamic_module_utils import get_class_from_dynamic_module
+        if not (trust_remote_code and class_ref is not None):
+            return hf_config, None
+        from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
-            repo = pretrained
-            if "--" in class_ref:
-                repo, class_ref = class_ref.split("--")
-            cls = get_class_from_dynamic_module(class_ref, repo, **hub)
-            cls.register_for_auto_class(auto_cls.__name__ if auto_cls.__name__ in auto_map else "AutoModel")
-            cls = _legacy_compatible(cls)
-            if attn_implementation is not None:
-                kwargs.setdefault("attn_implementation", attn_implementation)
-            model = cls.from_pretrained(pretrained, config=hf_config, trust_remote_code=True, **hub, **kwargs)
-            return model, True
-        kwargs.setdefault("attn_implementation", attn_implementation or "sdpa")
-        try:
-            model = auto_cls.from_pretrained(
-                pretrained, config=hf_config, trust_remote_code=bool(trust_remote_code), **hub, **kwargs
-            )
-        except ValueError as err:
-            if "trust_remote_code" in str(err):
-                raise _remote_code_error(pretrained, err) from None
-            raise
-        return model, False
+        repo = source
+        if "--" in class_ref:
+            repo, class_ref = class_ref.split("--")
+        _ensure_rope_default()
+        cls = get_class_from_dynamic_module(class_ref, repo, **hub)
+        cls.register_for_auto_class(auto_cls.__name__ if auto_cls.__name__ in auto_map else "AutoModel")
+        return hf_config, _legacy_compatible(cls)
+
+    @staticmethod
+    def _from_pretrained(cls, source: str, hf_config, kwargs, attn_implementation, revision: str | None, remote: bool):
+        hub = {"revision": revision} if revision is not None else {}
+        _request_attention(kwargs, attn_implementation, remote)
+        model = cls.from_pretrained(source, config=hf_config, trust_remote_code=remote, **hub, **kwargs)
+        if remote:  # transformers 5 initialises its own models' non-persistent buffers, not remote code's
+            from mdlm.models.loading import rebuild_non_persistent_buffers
+
+            rebuild_non_persistent_buffers(model)
+        return model
 
     def _model_vocab(self) -> int:
         return int(self.model.get_input_embeddings().weight.shape[0])
@@ -370,13 +515,30 @@ class HFBackbone(nn.Module):
             )
 
     def _enable_gradient_checkpointing(self) -> None:
-        if not getattr(self.model, "supports_gradient_checkpointing", False):
-            raise ValueError(f"{type(self.model).__name__} does not support gradient checkpointing in transformers")
-        enable = getattr(self.model, "activation_checkpointing_enable", None)
-        if enable is not None:
-            enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:  # transformers < 5.x name
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        """transformers' switch where the model supports it; else mdlm's own per-block checkpointing.
+
+        LLaDA has no ``supports_gradient_checkpointing`` (its own ``set_activation_checkpointing`` takes a
+        strategy enum): each block of :meth:`block_classes` is then wrapped with the composable
+        ``torch.distributed._composable.checkpoint`` (non-reentrant; parameter names unchanged, FSDP2
+        compatible, and :func:`mdlm.parallel.parallelize` does not wrap a block twice).
+        """
+        if getattr(self.model, "supports_gradient_checkpointing", False) and self.family.hf_checkpointing:
+            enable = getattr(self.model, "activation_checkpointing_enable", None)
+            if enable is not None:
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:  # transformers < 5.x name
+                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            return
+        from torch.distributed._composable import checkpoint
+
+        classes = tuple(self.block_classes())
+        blocks = [m for m in self.model.modules() if isinstance(m, classes)]
+        for block in blocks:
+            checkpoint(block)
+        log.info(
+            "HFBackbone(%s): %s has no transformers gradient checkpointing; checkpointing its %d %s blocks with mdlm's own",
+            self.source, type(self.model).__name__, len(blocks), "/".join(c.__name__ for c in classes),
+        )
 
     def _inspect_forward(self, position_ids_from_mask: bool | None) -> None:
         try:
@@ -385,6 +547,8 @@ class HFBackbone(nn.Module):
             params = {}
         self._named_args = {n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
         if position_ids_from_mask is None:
+            position_ids_from_mask = self.family.position_ids
+        if position_ids_from_mask is None:
             position_ids_from_mask = self.auto_class == "causal_lm"
         if position_ids_from_mask and "position_ids" not in self._named_args:
             position_ids_from_mask = False
@@ -392,19 +556,25 @@ class HFBackbone(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits [B, L, vocab_size] of ``input_ids`` [B, L]; ``attention_mask`` [B, L] marks real tokens."""
+        """Logits [B, L, vocab_size] of ``input_ids`` [B, L], position i scoring token i; ``attention_mask`` [B, L]
+        marks real tokens (passed in the family's form, and only when some position is padding)."""
         kwargs: dict[str, Any] = {}
-        if attention_mask is not None:
-            mask = attention_mask.to(device=input_ids.device, dtype=torch.long)
-            kwargs["attention_mask"] = mask
+        if attention_mask is not None and not bool(attention_mask.all()):
+            mask = attention_mask.to(device=input_ids.device, dtype=torch.bool)
+            if self.family.mask_form == "4d_bool":  # [B, 1, L, L]: every query sees the real keys
+                kwargs["attention_mask"] = mask[:, None, None, :].expand(-1, 1, mask.shape[1], -1)
+            else:
+                kwargs["attention_mask"] = mask.long()
             if self.position_ids_from_mask:
-                kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+                kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
         if "use_cache" in self._named_args:
             kwargs["use_cache"] = False
         if "return_dict" in self._named_args:
             kwargs["return_dict"] = True
         out = self.model(input_ids=input_ids, **kwargs)
         logits = out.logits if hasattr(out, "logits") else out[0]
+        if self.family.logit_shift:  # row i predicts token i + 1: score token i with row i - 1
+            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
         if logits.shape[-1] != self.vocab_size:
             if logits.shape[-1] > self.vocab_size and self.truncate_vocab:
                 logits = logits[..., : self.vocab_size]
@@ -446,6 +616,7 @@ class HFBackbone(nn.Module):
         finally:
             self.train(was_training)
         tol = 1e-6 if param.dtype in (torch.float32, torch.float64) else 1e-3
+        self.padding_hidden = leak <= tol
         if bidir <= tol and raise_if_causal:
             raise RuntimeError(
                 f"{self.source} ({type(self.model).__name__}) is still causal after make_bidirectional: the logits at "
@@ -456,7 +627,8 @@ class HFBackbone(nn.Module):
         if leak > tol:
             warnings.warn(
                 f"{self.source} ({type(self.model).__name__}) lets padded positions influence real ones (relative "
-                f"change {leak:.2e} when only padded content changes): its attention ignores attention_mask. Train on "
+                f"change {leak:.2e} when only padded content changes): its attention ignores attention_mask. mdlm then "
+                f"batches generation by equal prompt length and refuses hidden padding in training batches; train on "
                 f"unpadded (packed) sequences or mark padding as real tokens (LLaDA's convention: pad with EOS and "
                 f"train on it)",
                 stacklevel=2,
