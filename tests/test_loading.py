@@ -38,6 +38,16 @@ from mdlm.parallel import FSDP2Plan, FSDP2Strategy, materialize_meta_, paralleli
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tests" / "scripts" / "sharded_load.py"
+
+
+def _script_module():
+    """``tests/scripts/sharded_load.py`` as a module (its ``Recorder`` spies on ``safe_open``)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sharded_load_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 VOCAB = 97
 
 hf_logging.disable_progress_bar()
@@ -300,40 +310,8 @@ def test_each_rank_reads_only_its_rows(checkpoints, fake_group, monkeypatch, lay
     from torch.distributed.tensor import DTensor
 
     folder, ref = checkpoints[layout]
-    requests: dict[str, list] = {}
-    original = loading.safe_open
-
-    class Spy:
-        def __init__(self, *a, **k):
-            self.inner = original(*a, **k)
-
-        def __enter__(self):
-            self.f = self.inner.__enter__()
-            return self
-
-        def __exit__(self, *exc):
-            return self.inner.__exit__(*exc)
-
-        def keys(self):
-            return self.f.keys()
-
-        def get_tensor(self, key):
-            requests.setdefault(key, []).append("whole")
-            return self.f.get_tensor(key)
-
-        def get_slice(self, key):
-            view = self.f.get_slice(key)
-
-            class View:
-                get_shape = view.get_shape
-
-                def __getitem__(self, index):
-                    requests.setdefault(key, []).append(tuple((s.start, s.stop) for s in index))
-                    return view[index]
-
-            return View()
-
-    monkeypatch.setattr(loading, "safe_open", Spy)
+    recorder = _script_module().Recorder(loading.safe_open)  # the 2-rank script's safe_open spy
+    monkeypatch.setattr(loading, "safe_open", recorder)
     mesh = fake_group(rank, world)
     with torch.device("meta"):
         backbone = Backbone(ref.config, folder)
@@ -342,6 +320,9 @@ def test_each_rank_reads_only_its_rows(checkpoints, fake_group, monkeypatch, lay
     assert (model.lm_head.weight is model.model.embed_tokens.weight) == ref.config.tie_word_embeddings
     stored = checkpoint_files(folder)
     state = ref.state_dict()
+    requests: dict[str, list] = {}
+    for read in recorder.reads:
+        requests.setdefault(read["key"], []).append("whole" if read["whole"] else tuple(map(tuple, read["block"])))
     zero_rows = 0
     for name, p in model.named_parameters():
         assert isinstance(p, DTensor)

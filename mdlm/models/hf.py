@@ -30,16 +30,15 @@ Qwen2, Qwen3, Mistral (also with a sliding window), GPT-2 and BERT (masked LM), 
 ``flex_attention`` matched ``eager`` on Llama once by hand (not in the tests: it compiles for ~75 s on
 CPU); ``flash_attention_2`` and GPUs are not verified.
 
-Remote code (LLaDA)
--------------------
-``pretrained="GSAI-ML/LLaDA-8B-Base", trust_remote_code=True`` loads the model's own
-``modeling_*.py`` (``auto_map`` in its config). Code written for transformers 4.x that never calls
-``post_init()`` or overrides ``tie_weights()`` without the 5.x keyword arguments fails to load
-under transformers 5 (``AttributeError: ... all_tied_weights_keys``); such classes are loaded
-through a thin subclass that calls ``post_init()`` and accepts the new ``tie_weights`` arguments
-(logged). Nothing else is changed in the remote code. This path is verified on a local LLaDA-like
-folder (own config class, no ``post_init``, 4.x ``tie_weights``, LLaDA's ``forward`` signature,
-attention that ignores the padding mask); LLaDA's actual files and weights were not run.
+Remote code (LLaDA, Dream)
+--------------------------
+``trust_remote_code=True`` loads a checkpoint's own ``modeling_*.py`` (``auto_map`` in its config),
+with a random init from ``config=<folder>`` or weights from ``pretrained=``. Code written for
+transformers 4.x is loaded through a same-named subclass that adds what 5.x needs (``post_init``,
+the new ``tie_weights`` keywords, a dict of tied keys; :func:`_legacy_compatible`), RoPE's
+``'default'`` initialiser and a generation config whose ``validate()`` takes 5.x's keywords; nothing
+else of the remote code changes. What differs between families (logit shift, mask form, positions,
+padding, [MASK] id) is :mod:`mdlm.models.families`.
 """
 
 from __future__ import annotations
