@@ -87,3 +87,73 @@ def test_fit_without_sampler_is_a_clear_error(tmp_path):
     )
     assert proc.returncode != 0
     assert "exactly one mask-ratio sampler callback, found none" in proc.stderr
+
+
+# ---------------------------------------------------------------- console: a newcomer's first hour
+TINY = ["--data.init_args.n=8", "--data.init_args.k=3", "--data.init_args.num_train=64",
+        "--data.init_args.num_val=32", "--data.init_args.batch_size=16"]
+
+
+def _fails(args, cwd) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    env.pop("MDLM_TRACEBACK", None)
+    proc = subprocess.run(_mdlm() + args, cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
+    return proc
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    (["--sampler=mdlm.samplers.Window", "--sampler.init_args.t_min=0.6", "--sampler.init_args.t_max=0.4"],
+     "mdlm: error: mdlm.samplers.Window: t_min=0.6 > t_max=0.4: a window needs t_min < t_max"),
+    (["--data.init_args.k=30"], "mdlm: error: mdlm.data.parity.ParityDataModule: k=30 must lie in [1, n=14]"),
+])
+def test_a_bad_value_ends_with_one_line_naming_it(tmp_path, override, message):
+    proc = _fails(["fit", "--config", str(REPO / "configs" / "parity_md.yaml"), *override,
+                   "--trainer.max_steps=1", "--trainer.logger=false"], tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-2].startswith(message) and "Namespace(" not in lines[-2]
+    assert lines[-1] == "(MDLM_TRACEBACK=1 shows the traceback)"
+    assert "Traceback" not in proc.stderr
+
+
+def test_an_offline_hub_tokenizer_says_the_local_option_and_the_cpu_preset(tmp_path):
+    env_config = tmp_path / "offline.yaml"
+    env_config.write_text("data:\n  init_args:\n    tokenizer: some-org/not-a-local-folder\n")
+    proc = _fails(["fit", "--config", str(REPO / "configs" / "sft_math_high_mask.yaml"), "--config", str(env_config),
+                   "--data.init_args.test_path=null"], REPO)
+    last = proc.stderr.strip().splitlines()[-2]
+    assert "could not load tokenizer 'some-org/not-a-local-folder'" in last
+    assert "--data.init_args.tokenizer=../shared/data/tokenizers/gpt2" in last
+    assert "configs/presets/sft_tiny_cpu.yaml" in last
+
+
+def test_fit_prints_steps_and_ends_with_the_run_folder_and_resumes_from_last(tmp_path):
+    args = ["fit", "--config", str(REPO / "configs" / "parity_md.yaml"), *TINY,
+            "--trainer.max_steps=6", "--trainer.val_check_interval=3"]
+    proc = _run(args, cwd=tmp_path)
+    assert "Step" in proc.stdout and "Epoch 0/-2" not in proc.stdout and "v_num" not in proc.stdout
+    assert "💡" not in proc.stdout + proc.stderr
+    last_line = proc.stdout.strip().splitlines()[-1]
+    assert last_line.startswith("mdlm fit: results in runs/parity_md/version_0/ — metrics.json")
+    assert "checkpoints/last.ckpt" in last_line
+    last = tmp_path / "runs" / "parity_md" / "version_0" / "checkpoints" / "last.ckpt"
+    assert last.exists()
+    resumed = _run([*args[:-2], "--trainer.max_steps=9", "--trainer.val_check_interval=3", "--ckpt_path=last"],
+                   cwd=tmp_path)
+    first = json.loads((tmp_path / "runs" / "parity_md" / "version_0" / "metrics.json").read_text())["history"]
+    history = json.loads((tmp_path / "runs" / "parity_md" / "version_1" / "metrics.json").read_text())["history"]
+    assert [row["step"] for row in history] == [3, 6, 9]
+    assert history[:2] == first  # the rows of steps 3 and 6 came with the checkpoint: resumed, not rerun
+    assert "results in runs/parity_md/version_1/" in resumed.stdout
+
+
+def test_ckpt_path_last_without_a_previous_run_fails_clearly(tmp_path):
+    proc = _fails(["fit", "--config", str(REPO / "configs" / "parity_md.yaml"), *TINY, "--ckpt_path=last",
+                   "--trainer.max_steps=1"], tmp_path)
+    assert "--ckpt_path=last: no" in proc.stderr and "last.ckpt to resume from" in proc.stderr
+
+
+def test_max_steps_below_the_validation_interval_warns(tmp_path):
+    proc = _run(["fit", "--config", str(REPO / "configs" / "parity_md.yaml"), *TINY, "--trainer.max_steps=2",
+                 "--trainer.logger=false", "--trainer.enable_progress_bar=false"], cwd=tmp_path)
+    assert "max_steps=2 < trainer.val_check_interval=100" in proc.stderr

@@ -103,9 +103,15 @@ def load_tokenizer(name_or_path: str | os.PathLike, *, add_mask_token: bool = Tr
         tokenizer = AutoTokenizer.from_pretrained(source)
     except OSError as err:
         where = "local folder" if path.exists() else "local folder nor a name the Hugging Face Hub could provide (offline?)"
+        hint = (
+            "; on a machine without the Hub, run an SFT config with its CPU preset: mdlm fit --config "
+            "configs/sft_math_high_mask.yaml --config configs/data/math_train.yaml --config configs/presets/sft_tiny_cpu.yaml"
+            if not path.exists() else ""
+        )
         raise TokenizerError(
             f"could not load tokenizer {name!r}: it is neither a usable {where}; pass a local tokenizer "
-            f"folder (e.g. shared/data/tokenizers/gpt2) or 'bpe:<vocab_size>' [{type(err).__name__}: {_one_line(err)}]"
+            f"folder (e.g. --data.init_args.tokenizer=../shared/data/tokenizers/gpt2) or 'bpe:<vocab_size>'{hint} "
+            f"[{type(err).__name__}: {_one_line(err)}]"
         ) from err
     except (ValueError, KeyError, TypeError) as err:
         raise TokenizerError(f"could not load tokenizer {name!r}: {type(err).__name__}: {_one_line(err)}") from err
