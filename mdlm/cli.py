@@ -30,7 +30,7 @@ from mdlm._env import check_torchvision
 check_torchvision()
 
 from lightning.pytorch import LightningDataModule  # noqa: E402
-from lightning.pytorch.callbacks import RichProgressBar  # noqa: E402
+from lightning.pytorch.callbacks import BasePredictionWriter, RichProgressBar  # noqa: E402
 from lightning.pytorch.cli import LightningCLI  # noqa: E402
 
 from mdlm.console import StepProgressBar, default_num_threads, quiet_lightning, run_summary  # noqa: E402
@@ -38,6 +38,7 @@ from mdlm.console import StepProgressBar, default_num_threads, quiet_lightning, 
 quiet_lightning()
 
 from mdlm.module import MaskedDiffusionLM  # noqa: E402
+from mdlm.results import JsonlPredictionWriter  # noqa: E402
 from mdlm.samplers.base import MaskRatioSampler  # noqa: E402
 from mdlm.throughput import TokenThroughputMonitor  # noqa: E402
 
@@ -67,14 +68,48 @@ class MDLMCLI(LightningCLI):
             StepProgressBar() if type(cb) is RichProgressBar else cb for cb in trainer.callbacks if cb is not None
         ]
         _set_cpu_threads(trainer)
+        if self.subcommand == "predict" and not any(isinstance(cb, BasePredictionWriter) for cb in trainer.callbacks):
+            trainer.callbacks.append(JsonlPredictionWriter())  # predictions.jsonl in the run folder
         for cb in trainer.checkpoint_callbacks:
             if cb.save_last is None:  # a literal checkpoints/last.ckpt for documented commands and --ckpt_path=last
                 cb.save_last = True
         return trainer
 
+    def _parse_ckpt_path(self) -> None:
+        """Lightning reads the checkpoint's hyperparameters while parsing: check the file first."""
+        subcommand = self.config.get("subcommand")
+        ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt and ckpt not in ("last", "best", "hpc", "registry"):
+            check_checkpoint(Path(ckpt))
+        super()._parse_ckpt_path()
+
+    def _check_run(self) -> None:
+        """Before any subcommand: a readable ``--ckpt_path``, a parity sampler that knows the data's k."""
+        ckpt = self.config_init[self.subcommand].get("ckpt_path")
+        if ckpt and ckpt not in ("last", "best", "hpc", "registry"):
+            check_checkpoint(Path(ckpt))
+        sampler = self.config_init.get(self.subcommand, {}).get("sampler")
+        data_k = getattr(self.datamodule, "k", None)
+        sampler_k = getattr(sampler, "k", None)
+        if data_k is not None and sampler_k is not None and int(data_k) != int(sampler_k):
+            raise ValueError(
+                f"sampler.init_args.k={sampler_k} but data.init_args.k={data_k}: the parity sampler's window "
+                f"t1*(k) would be the wrong one; set --sampler.init_args.k={data_k}"
+            )
+
+    def before_validate(self) -> None:
+        self._check_run()
+
+    def before_test(self) -> None:
+        self._check_run()
+
+    def before_predict(self) -> None:
+        self._check_run()
+
     def before_fit(self) -> None:
         if self.config_init[self.subcommand].get("ckpt_path") == "last":
             self.config_init[self.subcommand]["ckpt_path"] = str(latest_last_checkpoint(self.trainer))
+        self._check_run()
         trainer = self.trainer
         interval = trainer.val_check_interval
         if isinstance(interval, int) and trainer.max_steps > 0 and trainer.max_steps < interval:
@@ -117,6 +152,23 @@ def _set_cpu_threads(trainer) -> None:
         torch.set_num_threads(int(os.environ["MDLM_NUM_THREADS"]))
     elif not os.environ.get("OMP_NUM_THREADS"):
         torch.set_num_threads(default_num_threads(trainer.num_devices))
+
+
+def check_checkpoint(path: Path) -> None:
+    """A clear error for a missing, truncated or corrupt checkpoint (a torch zip file or a DCP directory)."""
+    import zipfile
+
+    if path.is_dir():
+        if not (path / ".metadata").is_file():
+            raise ValueError(f"--ckpt_path {path}: a directory without .metadata is not a sharded (DCP) checkpoint")
+        return
+    if not path.is_file():
+        raise FileNotFoundError(f"--ckpt_path {path}: no such checkpoint (runs/<name>/version_<n>/checkpoints/last.ckpt?)")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"--ckpt_path {path}: not a readable PyTorch checkpoint ({path.stat().st_size} bytes: truncated or corrupt, "
+            "e.g. written while the run was killed); use another, e.g. the run's checkpoints/last.ckpt"
+        )
 
 
 def latest_last_checkpoint(trainer) -> Path:

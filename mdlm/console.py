@@ -80,7 +80,7 @@ def run_summary(trainer: Any, stage: str, extra: list[str] | None = None) -> str
     if not log_dir or not Path(log_dir).is_dir():
         return None
     folder = Path(log_dir)
-    found = [name for name in ("metrics.json", "config.yaml") if (folder / name).exists()]
+    found = [name for name in ("metrics.json", "config.yaml", "predictions.jsonl") if (folder / name).exists()]
     checkpoints = folder / "checkpoints"
     if checkpoints.is_dir():
         names = sorted(p.name for p in checkpoints.iterdir())

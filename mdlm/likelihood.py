@@ -19,7 +19,7 @@ denoiser's conditionals are those of one joint distribution.
 Each Monte Carlo draw ``d`` evaluates the bracket for one ``(l, S)``; the estimate is the float64
 mean of ``mc_num`` draws, with its standard error. As in training, the model's logit for
 ``[MASK]`` (and any ``suppress_token_ids``) is ``-inf`` before the log-softmax
-(:func:`mdlm.objective.token_nll`).
+(:func:`mdlm.objective.denoiser_nll`, the scoring function of training too).
 
 Randomness: ``l`` and ``S`` of draw ``d`` are a pure function of ``(seed, item, d)`` through
 :func:`mdlm.rng.keyed_uniform` (:func:`draw_masks`), so the result does not depend on
@@ -54,7 +54,7 @@ import torch
 from torch import Tensor
 
 from mdlm.generation import generate
-from mdlm.objective import token_nll
+from mdlm.objective import denoiser_nll
 from mdlm.rng import keyed_uniform
 
 __all__ = [
@@ -157,11 +157,6 @@ def _model_device(model: Any) -> torch.device:
         return next(model.parameters()).device
     except (AttributeError, StopIteration, TypeError):
         return torch.device("cpu")
-
-
-def _logits(model: Callable, input_ids: Tensor) -> Tensor:
-    out = model(input_ids)
-    return out.logits if hasattr(out, "logits") else out
 
 
 # --------------------------------------------------------------------------------------
@@ -323,8 +318,7 @@ def estimate_log_likelihoods(
             cont = seqs[:, plen:]
             noisy = seqs.clone()
             noisy[:, plen:] = torch.where(masked, torch.full_like(cont, mask_token_id), cont)
-            logits = _logits(model, noisy)[:, plen:]
-            logp = -token_nll(logits, cont, suppress).to(torch.float64)
+            logp = -denoiser_nll(model, noisy, seqs, suppress, start=plen).to(torch.float64)
             sums = torch.where(masked, logp, torch.zeros_like(logp)).sum(-1).cpu()
             for (j, u), value in zip(chunk, sums):
                 prepared[j]["sums"][u] = value

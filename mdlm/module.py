@@ -15,15 +15,16 @@ from lightning.pytorch import LightningModule
 from mdlm.answers import AnswerAccuracy, extract_answer, is_correct
 from mdlm.generation import generate, get_preset
 from mdlm.metrics import NELBO, TokenAccuracy
+from mdlm.normalizer import GlobalBatchNormalizer
 from mdlm.objective import (
     LossWeight,
     Normalization,
     check_loss_options,
+    denoiser_nll,
     mask_tokens,
     md_loss_parts,
     nelbo_sums,
     suppress_tokens,
-    token_nll,
 )
 from mdlm.optim import lr_factor, parameter_groups
 from mdlm.rng import keyed_uniform
@@ -190,7 +191,7 @@ class MaskedDiffusionLM(LightningModule):
         self.normalization = normalization
         self.eval_metrics = nn.ModuleDict()
         self._eval_names: dict[str, list[str]] = {}
-        self._window: list[torch.Tensor] | None = None  # (reference Z, running sum of Z) of the accumulation window
+        self.global_batch_normalizer = GlobalBatchNormalizer()
         self.last_grad_norm: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ model
@@ -249,50 +250,71 @@ class MaskedDiffusionLM(LightningModule):
         return input_ids, batch.get("maskable"), attention_mask
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        r"""One micro-batch of the MD (or output-supervision) loss, normalised over the *global* batch.
+        """One micro-batch: :meth:`masked_diffusion_loss`, or :meth:`output_supervision_loss` (``objective``)."""
+        if self.objective == "output_supervision":
+            return self.output_supervision_loss(batch, batch_idx)
+        return self.masked_diffusion_loss(batch, batch_idx)
 
-        The loss of an optimizer step is :math:`\sum_{a,r} N_{a,r} / \max(1, \sum_{a,r} Z_{a,r})` over
-        accumulation micro-steps a and data-parallel ranks r (:func:`mdlm.objective.md_loss_parts`).
-        Each micro-step all-reduces :math:`(N, Z)` over the ranks (one 2-element all-reduce) and
-        back-propagates :math:`W N_r / Z_{\mathrm{ref}}` with :math:`Z_{\mathrm{ref}}` the global Z of the
-        window's first micro-step: DDP/FSDP average gradients over the W ranks and Lightning divides
-        by the A accumulation steps, so the accumulated gradient is
-        :math:`\sum_{a,r} \nabla N_{a,r} / (A Z_{\mathrm{ref}})`; :meth:`on_before_optimizer_step` rescales it
-        by :math:`A Z_{\mathrm{ref}} / \sum_a Z_a` (a no-op without accumulation). The result equals one
-        process on the same global batch. t and masks are keyed by (seed, optimizer step, global row)
-        (:func:`mdlm.samplers.base.global_batch_rows`). Logged ``train/loss`` is the global
-        micro-batch loss :math:`\sum_r N_r / \max(1, \sum_r Z_r)`.
+    def masked_diffusion_loss(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        r"""This is the MD loss: one micro-batch's share of its optimizer step's loss, to back-propagate.
+
+        Over the step's global batch (accumulation micro-steps a, data-parallel ranks r):
+
+        .. math:: \mathcal{L} = \frac{\sum_{a,r} N_{a,r}}{\max(1, \sum_{a,r} Z_{a,r})}, \qquad
+                  N = \sum_b c_b\, w(t_b) \sum_i m_{bi}\, \ell_{bi}
+
+        with :math:`\ell_{bi} = -\log p_\theta(x_{0,bi} \mid x_t)`, :math:`m_{bi}` the masked positions,
+        :math:`w` = ``loss_weight``, :math:`c_b` the sampler's sequence weights (1 but for importance
+        sampling) and Z = ``normalization`` (:mod:`mdlm.objective`). W ranks equal one process on the
+        same global batch. Logged: ``train/loss`` (the global micro-batch loss) and ``train/masked_fraction``.
         """
         input_ids, maskable, attention_mask = self._batch_parts(batch)
         B, L = input_ids.shape
+        # 1. where the micro-batch sits in the step's global batch: rows first .. first + B - 1 of G = A W B
         rank, world, group = self._data_parallel()
         accumulate = max(1, int(self.trainer.accumulate_grad_batches))
         micro = batch_idx % accumulate
-        if self.objective == "output_supervision":
-            query = batch["query_mask"]
-            noisy = torch.where(query, torch.full_like(input_ids, self.mask_token_id), input_ids)
-            nll = token_nll(self(noisy, attention_mask), input_ids, self.suppressed)
-            t = torch.ones(B, device=input_ids.device)
-            numerator, normaliser = md_loss_parts(nll, query, t, query, "none", "masked_tokens")
-            masked = query
-        else:
-            sampler = self.sampler
-            step = self.trainer.global_step
-            first, global_size = global_batch_rows(B, micro, rank, world, accumulate)
-            total = self.trainer.estimated_stepping_batches
-            progress = self.trainer.global_step / total if math.isfinite(total) and total > 0 else 0.0
-            t = sampler.draw(B, progress, step, first, global_size, device=input_ids.device)
-            u = sampler.mask_uniforms((B, L), step, first, device=input_ids.device)
-            noisy, masked = mask_tokens(input_ids, t, self.mask_token_id, u, maskable)
-            nll = token_nll(self(noisy, attention_mask), input_ids, self.suppressed)
-            weights = getattr(sampler, "importance_weights", None)  # AdaptiveBins(mode="importance")
-            numerator, normaliser = md_loss_parts(
-                nll, masked, t, maskable, self.loss_weight, self.normalization, sequence_weights=weights
-            )
-        loss, global_loss = self._global_normalise(numerator, normaliser, micro, world, group)
+        first, global_size = global_batch_rows(B, micro, rank, world, accumulate)
+        # 2. the sampler's draw, keyed by (seed, optimizer step, global row): t_b, mask uniforms u_bi, weights c_b
+        step = self.trainer.global_step
+        total = self.trainer.estimated_stepping_batches
+        progress = step / total if math.isfinite(total) and total > 0 else 0.0
+        draw = self.sampler.draw_batch((B, L), progress, step, first, global_size, device=input_ids.device)
+        # 3. the forward process: x_t masks maskable token i of row b iff u_bi < t_b
+        noisy, masked = mask_tokens(input_ids, draw.t, self.mask_token_id, draw.uniforms, maskable)
+        # 4. score: l_bi = -log p(x_0,bi | x_t), [MASK] and the suppressed ids never predicted
+        nll = denoiser_nll(self, noisy, input_ids, self.suppressed, attention_mask)
+        # 5. this micro-batch's numerator N and normaliser Z
+        numerator, normaliser = md_loss_parts(
+            nll, masked, draw.t, maskable, self.loss_weight, self.normalization, sequence_weights=draw.weights
+        )
+        # 6. divide by the global batch's Z (all-reduced over ranks, summed over accumulation steps)
+        return self._global_loss(numerator, normaliser, masked, micro, world, group)
+
+    def output_supervision_loss(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """The label-only baseline: mask exactly the ``query_mask`` positions; the mean cross-entropy over
+        them, normalised over the global batch as :meth:`masked_diffusion_loss`."""
+        input_ids, _, attention_mask = self._batch_parts(batch)
+        _, world, group = self._data_parallel()
+        micro = batch_idx % max(1, int(self.trainer.accumulate_grad_batches))
+        query = batch["query_mask"]
+        noisy = torch.where(query, torch.full_like(input_ids, self.mask_token_id), input_ids)
+        nll = denoiser_nll(self, noisy, input_ids, self.suppressed, attention_mask)
+        t = torch.ones(input_ids.shape[0], device=input_ids.device)
+        numerator, normaliser = md_loss_parts(nll, query, t, query, "none", "masked_tokens")
+        return self._global_loss(numerator, normaliser, query, micro, world, group)
+
+    def _global_loss(self, numerator, normaliser, masked, micro: int, world: int, group: Any) -> torch.Tensor:
+        """The loss to back-propagate (:class:`~mdlm.normalizer.GlobalBatchNormalizer`); logs the global loss."""
+        loss, global_loss = self.global_batch_normalizer(numerator, normaliser, micro, world, group)
         self.log("train/loss", global_loss, prog_bar=True, on_step=True, on_epoch=False)
         self.log("train/masked_fraction", masked.float().mean(), on_step=True, on_epoch=False)
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Rescale the accumulated gradients to the global batch's normaliser (a no-op without accumulation)."""
+        accumulate = max(1, int(self.trainer.accumulate_grad_batches))
+        self.global_batch_normalizer.rescale_gradients(self.parameters(), accumulate)
 
     # ------------------------------------------------------------------ distributed
     def _data_parallel(self) -> tuple[int, int, Any]:
@@ -305,38 +327,6 @@ class MaskedDiffusionLM(LightningModule):
         if mesh is not None and "data_parallel" in (mesh.mesh_dim_names or ()):
             group = mesh["data_parallel"].get_group()
         return rank, world, group
-
-    def _global_normalise(
-        self, numerator: torch.Tensor, normaliser: torch.Tensor, micro: int, world: int, group: Any = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss to back-propagate, global micro-batch loss to log); see :meth:`training_step`."""
-        parts = torch.stack([numerator.detach().float(), normaliser.detach().float()])
-        if world > 1:
-            import torch.distributed as dist
-
-            dist.all_reduce(parts, op=dist.ReduceOp.SUM, group=group)
-        z = parts[1].clamp(min=1)
-        if micro == 0 or self._window is None:
-            self._window = [z, parts[1].clone()]
-        else:
-            self._window[1] = self._window[1] + parts[1]
-        loss = numerator / self._window[0].to(numerator.dtype)
-        if world > 1:
-            loss = loss * world
-        return loss, parts[0] / z
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Rescale accumulated gradients from :math:`Z_{ref}` to the window's global normaliser (see :meth:`training_step`)."""
-        window, self._window = self._window, None
-        accumulate = max(1, int(self.trainer.accumulate_grad_batches))
-        if window is None or accumulate == 1:
-            return
-        factor = float(accumulate * window[0] / window[1].clamp(min=1))
-        if factor == 1.0:
-            return
-        for p in self.parameters():
-            if p.grad is not None:
-                p.grad.mul_(factor)
 
     def configure_model(self) -> None:
         """FSDP2: shard the backbone with ``fully_shard`` when the strategy provides a device mesh.
@@ -463,7 +453,7 @@ class MaskedDiffusionLM(LightningModule):
             (seed, STREAM_EVAL_MASK, index.unsqueeze(1), torch.arange(L, device=device).unsqueeze(0)), device=device
         )
         noisy, masked = mask_tokens(input_ids, t, self.mask_token_id, u, maskable)
-        nll = token_nll(self(noisy, attention_mask), input_ids, self.suppressed)
+        nll = denoiser_nll(self, noisy, input_ids, self.suppressed, attention_mask)
         maskable_count = maskable.sum(-1) if maskable is not None else torch.full((B,), L, device=device)
         metrics = self.eval_metrics[_metric_key(self._loader_name(stage, dataloader_idx))]
         metrics["nelbo"].update(nelbo_sums(nll, masked, t), maskable_count, t)

@@ -26,8 +26,8 @@ Denominators are clamped to at least 1, so a batch with nothing masked gives a l
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -105,6 +105,30 @@ def token_nll(logits: torch.Tensor, targets: torch.Tensor, suppress_token_ids: S
     return -F.log_softmax(out, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
+def denoiser_nll(
+    model: Callable[..., Any],
+    noisy: torch.Tensor,
+    targets: torch.Tensor,
+    suppress_token_ids: Sequence[int],
+    attention_mask: torch.Tensor | None = None,
+    start: int = 0,
+) -> torch.Tensor:
+    r"""The one scoring function: :math:`\ell_{bi} = -\log p_\theta(x_{0,bi} \mid x_t)` for positions
+    :math:`i \ge` ``start`` (shape [B, L - start]).
+
+    One forward ``model(noisy)`` (``model(noisy, attention_mask)`` when a mask is given; an output
+    with ``.logits`` is unwrapped), then :func:`token_nll` (fp32 log-softmax, [MASK] and the other
+    ``suppress_token_ids`` at -inf). Training, evaluation, the adaptive probe and the likelihood
+    estimator all score through it; which positions count (the masked ones) and how they are
+    weighted is their estimator's business.
+    """
+    out = model(noisy) if attention_mask is None else model(noisy, attention_mask)
+    logits = out.logits if hasattr(out, "logits") else out
+    if start:
+        logits, targets = logits[:, start:], targets[:, start:]
+    return token_nll(logits, targets, suppress_token_ids)
+
+
 def loss_weights(t: torch.Tensor, loss_weight: LossWeight) -> torch.Tensor:
     """w(t): ``1/t`` for ``"elbo"``, ``1`` for ``"none"`` (shape [B])."""
     if loss_weight == "elbo":
@@ -133,7 +157,7 @@ def md_loss_parts(
     with :math:`S_b = \sum_i m_{bi}\ell_{bi}` and :math:`w_b = w(t_b)` (times ``sequence_weights``).
     Both parts are *sums* over sequences, so the loss of a global batch split over ranks and
     gradient-accumulation steps is :math:`\sum_r N_r / \max(1, \sum_r Z_r)`: data-parallel
-    training all-reduces Z (see :meth:`mdlm.module.MaskedDiffusionLM.training_step`).
+    training all-reduces Z (:class:`mdlm.normalizer.GlobalBatchNormalizer`).
     """
     B, L = nll.shape
     masked_nll = torch.where(masked, nll, torch.zeros_like(nll))

@@ -146,24 +146,31 @@ class JsonlPredictionWriter(BasePredictionWriter):
     """Write ``mdlm predict`` answer records as JSON lines (one file per rank).
 
     Each line: index, dataset, group, prompt, generation, extracted answer, reference, correct.
-    Non-record predictions (tensors) are written as lists.
+    Non-record predictions (tensors) are written as lists. At the end it prints where the file is,
+    how many generations were empty (nothing before the first EOS) and the answer accuracy.
 
     Args:
-        output_path: the JSONL file; rank r > 0 writes ``<stem>.rank<r>.jsonl`` beside it.
+        output_path: the JSONL file; default ``<run folder>/predictions.jsonl`` (``trainer.log_dir``,
+            else the working directory); rank r > 0 writes ``<stem>.rank<r>.jsonl`` beside it.
     """
 
-    def __init__(self, output_path: str = "predictions.jsonl") -> None:
+    def __init__(self, output_path: str | None = None) -> None:
         super().__init__(write_interval="batch")
         self.output_path = output_path
         self._file = None
+        self._resolved: Path | None = None
 
     def _path(self, trainer: Trainer) -> Path:
-        path = Path(self.output_path)
-        if trainer.global_rank > 0:
-            path = path.with_name(f"{path.stem}.rank{trainer.global_rank}{path.suffix}")
-        return path
+        if self._resolved is None:
+            log_dir = trainer.log_dir  # every rank reads it (it broadcasts from rank 0)
+            path = Path(self.output_path) if self.output_path else Path(log_dir or ".") / "predictions.jsonl"
+            if trainer.global_rank > 0:
+                path = path.with_name(f"{path.stem}.rank{trainer.global_rank}{path.suffix}")
+            self._resolved = path
+        return self._resolved
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._resolved = None
         path = self._path(trainer)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file = path.open("w")
@@ -182,7 +189,13 @@ class JsonlPredictionWriter(BasePredictionWriter):
             self._file = None
         path = self._path(trainer)
         lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        answers = [r for r in lines if isinstance(r, dict) and "generation" in r]
+        summary = f"wrote {len(lines)} predictions to {path}"
+        if answers:
+            empty = sum(1 for r in answers if not str(r["generation"]).strip())
+            summary += f"; {empty} of {len(answers)} generations are empty"
         scored = [r for r in lines if isinstance(r, dict) and r.get("correct") is not None]
         if scored:
             accuracy = sum(r["correct"] for r in scored) / len(scored)
-            print(f"wrote {len(lines)} predictions to {path}; answer accuracy {accuracy:.4f} on {len(scored)} scored")
+            summary += f"; answer accuracy {accuracy:.4f} on {len(scored)} scored"
+        print(summary, flush=True)

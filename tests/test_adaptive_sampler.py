@@ -258,6 +258,22 @@ def test_importance_weights_average_to_one_and_unbias_the_loss():
     assert (ws * fs).mean().item() == pytest.approx(target, abs=4 * se)
 
 
+def test_draw_batch_hands_the_module_the_importance_weights_of_its_draw():
+    probs = AdaptiveBins().allocation(torch.linspace(-1, 1, K, dtype=torch.float64))
+    for mode in ("importance", "distribution"):
+        a, b = AdaptiveBins(mode=mode, seed=4), AdaptiveBins(mode=mode, seed=4)
+        a.probs = b.probs = probs
+        draw = a.draw_batch((64, 5), 0.0, step=3)
+        assert torch.equal(draw.t, b.draw(64, 0.0, step=3))
+        assert torch.equal(draw.uniforms, b.mask_uniforms((64, 5), 3))
+        if mode == "importance":
+            assert draw.weights is a.importance_weights and torch.equal(draw.weights, b.importance_weights)
+            bins = torch.clamp((draw.t.double() * K).floor().long(), max=K - 1)
+            assert torch.allclose(draw.weights.double(), (a.target_probs / probs)[bins], rtol=1e-6)
+        else:
+            assert draw.weights is None
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

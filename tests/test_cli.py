@@ -157,3 +157,29 @@ def test_max_steps_below_the_validation_interval_warns(tmp_path):
     proc = _run(["fit", "--config", str(REPO / "configs" / "parity_md.yaml"), *TINY, "--trainer.max_steps=2",
                  "--trainer.logger=false", "--trainer.enable_progress_bar=false"], cwd=tmp_path)
     assert "max_steps=2 < trainer.val_check_interval=100" in proc.stderr
+
+
+def test_help_names_subcommands_configs_and_docs_without_importing_lightning():
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.run(_mdlm() + ["--help"], cwd=REPO, capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0
+    for word in ("fit", "validate", "test", "predict", "configs/parity_md.yaml", "README.md", "mdlm fit --help"):
+        assert word in proc.stdout
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys; sys.argv = ['mdlm', '--help']; import mdlm.entry as e\n"
+         "try:\n    e.main()\nexcept SystemExit:\n    pass\nprint('lightning' in sys.modules)"],
+        cwd=REPO, capture_output=True, text=True, env=env, timeout=60,
+    )
+    assert probe.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_a_corrupt_checkpoint_and_a_parity_k_mismatch_are_one_line_errors(tmp_path):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"garbage")
+    proc = _fails(["validate", "--config", str(REPO / "configs" / "parity_md.yaml"), "--ckpt_path", str(bad),
+                   "--trainer.logger=false"], tmp_path)
+    assert f"--ckpt_path {bad}: not a readable PyTorch checkpoint (7 bytes: truncated or corrupt" in proc.stderr
+    assert "weights_only" not in proc.stderr
+    proc = _fails(["fit", "--config", str(REPO / "configs" / "parity_md.yaml"), "--data.init_args.n=20",
+                   "--data.init_args.k=6", "--trainer.max_steps=1", "--trainer.logger=false"], tmp_path)
+    assert "sampler.init_args.k=3 but data.init_args.k=6" in proc.stderr and "--sampler.init_args.k=6" in proc.stderr

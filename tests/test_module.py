@@ -1,5 +1,6 @@
 """The LightningModule: evaluation invariances, objectives, sampler wiring, optimiser, resume."""
 
+import copy
 import math
 
 import pytest
@@ -11,7 +12,8 @@ from mdlm.data.parity import ParityDataModule
 from mdlm.models.transformer import Transformer
 from mdlm.module import MaskedDiffusionLM, evaluation_t
 from mdlm.optim import lr_factor, parameter_groups
-from mdlm.samplers import Fixed, Uniform, Window
+from mdlm.objective import mask_tokens, md_loss, token_nll
+from mdlm.samplers import Fixed, MaskRatioSampler, Uniform, Window
 
 
 def _tiny_backbone(vocab_size):
@@ -101,6 +103,31 @@ def test_training_masks_follow_the_sampler(tmp_path):
     trainer.fit(model, datamodule=dm)
     frac = torch.cat([(x == 2).float().mean(1) for x in model.backbone.inputs[:4]])
     assert frac.mean().item() == pytest.approx(0.3, abs=0.02)
+
+
+@pytest.mark.parametrize("loss_weight, normalization", [("elbo", "maskable_tokens"), ("none", "masked_tokens")])
+def test_the_md_loss_is_the_documented_formula_of_the_samplers_draw(tmp_path, loss_weight, normalization):
+    """A fit step back-propagates md_loss(token_nll(backbone(x_t)), ...) with x_t from the sampler's
+    draw_batch (a user sampler that overrides only ``sample``), recomputed here from the initial weights."""
+    from lightning.pytorch import Callback
+
+    class Squared(MaskRatioSampler):
+        def sample(self, u, progress):
+            return u**2
+
+    class Keep(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.batch, self.loss = batch, outputs["loss"].detach()
+
+    model, keep = _model(loss_weight=loss_weight, normalization=normalization), Keep()
+    backbone = copy.deepcopy(model.backbone)
+    dm = ParityDataModule(n=10, k=2, num_train=64, num_val=16, batch_size=16)
+    tiny_trainer(tmp_path, max_steps=1, limit_val_batches=0, callbacks=[Squared(seed=7), keep]).fit(model, datamodule=dm)
+    ids = keep.batch["input_ids"]
+    draw = Squared(seed=7).draw_batch(ids.shape, 0.0, step=0, first_index=0, global_batch_size=ids.shape[0])
+    noisy, masked = mask_tokens(ids, draw.t, 2, draw.uniforms)
+    want = md_loss(token_nll(backbone(noisy), ids, [2]), masked, draw.t, None, loss_weight, normalization)
+    torch.testing.assert_close(keep.loss, want, rtol=1e-6, atol=0)
 
 
 def test_fit_needs_exactly_one_sampler(tmp_path):

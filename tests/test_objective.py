@@ -6,7 +6,15 @@ import warnings
 import pytest
 import torch
 
-from mdlm.objective import check_loss_options, mask_tokens, md_loss, nelbo_sums, suppress_tokens, token_nll
+from mdlm.objective import (
+    check_loss_options,
+    denoiser_nll,
+    mask_tokens,
+    md_loss,
+    nelbo_sums,
+    suppress_tokens,
+    token_nll,
+)
 
 
 def _hand_nll(logits, targets, suppressed=()):
@@ -129,3 +137,33 @@ def test_token_nll_on_bf16_logits_equals_the_fp32_reference_and_never_writes_fp3
     before = fp32.clone()
     token_nll(fp32, targets, [6])
     assert torch.equal(fp32, before)
+
+
+class _Recording(torch.nn.Module):
+    """Logits from a fixed table by token id; records how it was called; optionally wraps them in ``.logits``."""
+
+    def __init__(self, wrap=False):
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.randn(6, 6, generator=torch.Generator().manual_seed(0)))
+        self.wrap, self.calls = wrap, []
+
+    def forward(self, ids, attention_mask=None):
+        self.calls.append(attention_mask)
+        logits = self.table[ids]
+        return type("Out", (), {"logits": logits})() if self.wrap else logits
+
+
+def test_denoiser_nll_is_one_forward_then_token_nll():
+    """The shared scoring function: model(noisy[, attention_mask]) -> token_nll; .logits unwrapped; from ``start``."""
+    ids = torch.tensor([[0, 1, 3, 4], [4, 0, 1, 2]])
+    noisy = torch.tensor([[0, 5, 3, 5], [5, 0, 5, 2]])
+    model = _Recording()
+    want = token_nll(model(noisy), ids, [5])
+    model.calls.clear()
+    assert torch.equal(denoiser_nll(model, noisy, ids, [5]), want)
+    attention = torch.ones_like(ids, dtype=torch.bool)
+    assert torch.equal(denoiser_nll(model, noisy, ids, [5], attention), want)
+    assert model.calls[0] is None and model.calls[1] is attention  # no mask: called with the ids alone
+    assert torch.equal(denoiser_nll(_Recording(wrap=True), noisy, ids, [5]), want)
+    assert torch.equal(denoiser_nll(model, noisy, ids, [5], start=2), want[:, 2:])
+    assert torch.isinf(denoiser_nll(model, noisy, torch.full_like(ids, 5), [5])).all()  # [MASK] is never predicted

@@ -171,3 +171,19 @@ def test_sample_must_return_one_t_per_sequence():
 def test_bad_windows_fail_at_construction(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_draw_batch_is_draw_and_mask_uniforms_in_one_call():
+    """The module's one call: t, the token-mask uniforms and no weights, for a subclass that overrides only sample."""
+
+    class Squared(MaskRatioSampler):  # the README's / base docstring's user schedule
+        def sample(self, u, progress):
+            return u**2
+
+    a, b = Squared(seed=3, stratified=True), Squared(seed=3, stratified=True)
+    draw = a.draw_batch((4, 9), 0.25, step=5, first_index=8, global_batch_size=16)
+    assert torch.equal(draw.t, b.draw(4, 0.25, 5, first_index=8, global_batch_size=16))
+    assert torch.equal(draw.uniforms, b.mask_uniforms((4, 9), 5, first_index=8))
+    assert draw.t.dtype == draw.uniforms.dtype == torch.float32 and draw.uniforms.shape == (4, 9)
+    assert draw.weights is None
+    assert a.num_draws == 1 and torch.equal(a.last_t, draw.t)  # counted and logged like draw()

@@ -82,7 +82,7 @@ def test_generation_is_decoded_extracted_and_scored(tmp_path):
     assert lines[0]["prompt"].startswith("Question: What is 3 + 4?")
 
 
-def test_tiny_sft_fit_never_masks_the_prompt_and_then_predicts(tmp_path):
+def test_tiny_sft_fit_never_masks_the_prompt_and_then_predicts(tmp_path, capsys):
     dm = _dm(tmp_path)
     seen = []
 
@@ -114,3 +114,13 @@ def test_tiny_sft_fit_never_masks_the_prompt_and_then_predicts(tmp_path):
     tiny_trainer(tmp_path, callbacks=[writer]).predict(model, datamodule=dm)
     lines = (tmp_path / "p.jsonl").read_text().splitlines()
     assert len(lines) == len(RECORDS) and all("generation" in json.loads(x) for x in lines)
+
+    # default: the run folder, with empty generations counted in the closing line
+    from lightning.pytorch.loggers import CSVLogger
+
+    logger = CSVLogger(str(tmp_path / "runs"), name="predict")
+    tiny_trainer(tmp_path, logger=logger, callbacks=[JsonlPredictionWriter()]).predict(model, datamodule=dm)
+    path = Path(logger.log_dir) / "predictions.jsonl"
+    records = [json.loads(x) for x in path.read_text().splitlines()]
+    empty = sum(1 for r in records if not r["generation"].strip())
+    assert f"wrote {len(RECORDS)} predictions to {path}; {empty} of {len(RECORDS)} generations are empty" in capsys.readouterr().out

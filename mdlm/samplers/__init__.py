@@ -1,7 +1,7 @@
 """Mask-ratio samplers: Lightning callbacks that choose t for each training sequence."""
 
 from mdlm.samplers.adaptive import AdaptiveBins
-from mdlm.samplers.base import MaskRatioSampler
+from mdlm.samplers.base import MaskDraw, MaskRatioSampler
 from mdlm.samplers.curriculum import Curriculum
 from mdlm.samplers.parity import (
     ParitySignalOptimal,
@@ -21,6 +21,7 @@ from mdlm.samplers.windows import Bins, Fixed, Uniform, Window
 
 __all__ = [
     "MaskRatioSampler",
+    "MaskDraw",
     "Uniform",
     "Window",
     "Fixed",

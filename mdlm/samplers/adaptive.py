@@ -86,8 +86,9 @@ objective becomes :math:`E_{t \sim q}[\ldots]` (a *different* regulariser, the p
 :math:`w(t) = p(t)/q(t) = p_j / q_j` for t in bin j (p = U[eps, 1]); :math:`E_q[w] = 1` and
 :math:`E_q[w\,f(t)] = E_p[f(t)]`, so the weighted loss is an unbiased estimate of the NELBO and
 only its variance changes (more samples where the loss is changing). The weights of the latest
-draw are :attr:`importance_weights` (float32 [B], ``None`` in distribution mode); the module must
-multiply each sequence's term of the loss by them before the normalisation (unbiased for the
+draw are :attr:`importance_weights` (float32 [B], ``None`` in distribution mode) and the
+``weights`` of :meth:`draw_batch`'s :class:`~mdlm.samplers.base.MaskDraw`; the module multiplies
+each sequence's term of the loss by them before the normalisation (unbiased for the
 ``batch_tokens``, ``maskable_tokens`` and ``per_sequence`` normalisations, whose denominators do
 not depend on t; ``masked_tokens`` is biased anyway). The weights belong to the draw that made
 them: read them right after :meth:`draw` (q changes only between steps, in ``on_train_batch_end``).
@@ -96,6 +97,7 @@ them: read them right after :meth:`draw` (q changes only between steps, in ``on_
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import warnings
 from collections.abc import Mapping
@@ -104,9 +106,9 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import LightningModule, Trainer
 
-from mdlm.objective import mask_tokens, md_loss, token_nll
+from mdlm.objective import denoiser_nll, mask_tokens, md_loss
 from mdlm.rng import keyed_uniform
-from mdlm.samplers.base import MaskRatioSampler
+from mdlm.samplers.base import MaskDraw, MaskRatioSampler
 
 #: keyed-RNG stream of the probe masks (distinct from the training t and mask streams)
 STREAM_PROBE = 0x9B0E
@@ -267,6 +269,11 @@ class AdaptiveBins(MaskRatioSampler):
             self.importance_weights = self.weights_for_bins(self._last_bins).to(device=t.device, dtype=torch.float32)
         return t
 
+    def draw_batch(self, *args, **kwargs) -> MaskDraw:
+        """As :meth:`MaskRatioSampler.draw_batch`, with the importance weights p/q in importance mode."""
+        draw = super().draw_batch(*args, **kwargs)
+        return dataclasses.replace(draw, weights=self.importance_weights) if self.mode == "importance" else draw
+
     def analytic_mean(self, progress: float = 0.0) -> float:
         """E_q[t] = Σ_j q_j c_j."""
         return float((self.probs * self.bin_centres).sum())
@@ -349,7 +356,7 @@ class AdaptiveBins(MaskRatioSampler):
                 for c in self.bin_centres.tolist():
                     t = torch.full((P,), c, dtype=torch.float32, device=device)
                     noisy, masked = mask_tokens(ids, t, mask_id, v, maskable)
-                    nll = token_nll(pl_module(noisy, attention), ids, suppressed)
+                    nll = denoiser_nll(pl_module, noisy, ids, suppressed, attention)
                     losses.append(md_loss(nll, masked, t, maskable, "elbo", "maskable_tokens").to(torch.float64))
                     self.extra_forward_tokens += P * L
                     self.extra_forward_passes += 1

@@ -3,7 +3,9 @@
 A sampler is a Lightning ``Callback`` that decides the mask ratio t of each training sequence.
 Subclasses override exactly one method, :meth:`MaskRatioSampler.sample`, which maps uniforms
 ``u ~ U(0, 1)`` (one per sequence of the batch) and the training progress in [0, 1] to mask ratios
-(inverse-CDF sampling). The base class owns everything else:
+(inverse-CDF sampling). The base class owns everything else, and hands the module what it needs
+for a micro-batch through one call, :meth:`MaskRatioSampler.draw_batch` (a :class:`MaskDraw`: t, the
+token-mask uniforms and optional per-sequence weights):
 
 - the randomness: ``u`` is a pure function of (seed, optimizer step, global row index)
   (:mod:`mdlm.rng`), so draws never repeat across ranks, do not depend on workers, and resume
@@ -26,6 +28,7 @@ A user-defined schedule, e.g. t = U[0, 1]^2 (more low mask ratios)::
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -60,6 +63,22 @@ def global_batch_rows(
     if accumulate < 1 or not 0 <= micro_step < accumulate:
         raise ValueError(f"micro_step={micro_step} must lie in [0, accumulate={accumulate}) with accumulate >= 1")
     return (micro_step * world_size + rank) * batch_size, accumulate * world_size * batch_size
+
+
+@dataclass(frozen=True)
+class MaskDraw:
+    """What a sampler hands the module for one micro-batch of B sequences of length L.
+
+    Attributes:
+        t: mask ratios, float32 [B] in [eps, 1].
+        uniforms: keyed uniforms, float32 [B, L]: maskable token i of row b is masked iff
+            ``uniforms[b, i] < t[b]`` (:func:`mdlm.objective.mask_tokens`).
+        weights: per-sequence loss weights, float32 [B] (importance weights p(t)/q(t)), or None (all 1).
+    """
+
+    t: torch.Tensor
+    uniforms: torch.Tensor
+    weights: torch.Tensor | None = None
 
 
 class MaskRatioSampler(Callback):
@@ -126,6 +145,25 @@ class MaskRatioSampler(Callback):
         self.num_draws += 1
         self.last_t = t.detach()
         return t
+
+    def draw_batch(
+        self,
+        shape: tuple[int, int],
+        progress: float,
+        step: int,
+        first_index: int = 0,
+        global_batch_size: int | None = None,
+        device=None,
+    ) -> MaskDraw:
+        """The module's one call per training micro-batch of ``shape = (B, L)``: t (:meth:`draw`), the
+        token-mask uniforms (:meth:`mask_uniforms`) and the sequence weights (None here).
+
+        Rows ``first_index .. first_index + B - 1`` of the optimizer step's global batch of
+        ``global_batch_size`` (:func:`global_batch_rows`); ``progress`` in [0, 1], ``step`` the optimizer step.
+        """
+        B, L = shape
+        t = self.draw(B, progress, step, first_index, global_batch_size, device=device)
+        return MaskDraw(t, self.mask_uniforms((B, L), step, first_index, device=device))
 
     def mask_uniforms(self, shape: tuple[int, int], step: int, first_index: int = 0, device=None) -> torch.Tensor:
         """Keyed uniforms for the token masks of one micro-batch (shape [B, L])."""

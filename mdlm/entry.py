@@ -1,0 +1,57 @@
+"""The ``mdlm`` console script's entry point: ``mdlm``/``mdlm --help`` answer at once (no Lightning import).
+
+Everything else goes to :func:`mdlm.cli.main` (the LightningCLI); ``mdlm fit --help`` is its full help.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+USAGE = """\
+usage: mdlm {fit,validate,test,predict} --config CONFIG.yaml [--config OVERRIDES.yaml ...] [--key.sub=value ...]
+
+Masked diffusion language models on PyTorch Lightning (Huang & Mirzasoleiman, ICML 2026).
+
+subcommands:
+  fit        train (resume: --ckpt_path=last or a checkpoint path)
+  validate   the full-range NELBO bound of a checkpoint (--ckpt_path ...)
+  test       NELBO, or generated answers scored (SFT configs) (--ckpt_path ...)
+  predict    generations to <run folder>/predictions.jsonl (--ckpt_path ...)
+
+  mdlm fit --help                  every option (model, data, trainer, sampler)
+  mdlm fit --config C --print_config   the resolved config
+"""
+
+
+def _configs(root: Path) -> list[str]:
+    lines = []
+    for path in sorted(root.glob("*.yaml")):
+        first = next((line[1:].strip() for line in path.read_text().splitlines() if line.startswith("#")), "")
+        lines.append(f"  {path.relative_to(root.parent)}  {first[:90]}")
+    return lines
+
+
+def help_text(cwd: Path | None = None) -> str:
+    """The short help: usage, subcommands, the configs of ``./configs`` (when run from a checkout), docs."""
+    text = USAGE
+    configs = (cwd or Path.cwd()) / "configs"
+    if configs.is_dir():
+        text += "\nconfigs (./configs; compose override sets from configs/presets, configs/data, configs/trainer):\n"
+        text += "\n".join(_configs(configs)) + "\n"
+    text += "\ndocs: README.md (quick start, samplers, scaling, results) and docs/ in the repository\n"
+    return text
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    if args in ([], ["-h"], ["--help"]):
+        print(help_text(), end="")
+        raise SystemExit(0)
+    from mdlm.cli import main as cli_main
+
+    cli_main()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
