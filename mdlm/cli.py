@@ -121,8 +121,9 @@ class MDLMCLI(LightningCLI):
                 )
 
     def _summary(self, stage: str, extra: list[str] | None = None) -> None:
+        log_dir = self.trainer.log_dir  # a broadcast from rank 0: every rank must take part
         if self.trainer.is_global_zero:
-            line = run_summary(self.trainer, stage, extra)
+            line = run_summary(log_dir, stage, extra)
             if line:
                 print(line, flush=True)
 

@@ -74,9 +74,10 @@ class StepProgressBar(RichProgressBar):
         return metrics
 
 
-def run_summary(trainer: Any, stage: str, extra: list[str] | None = None) -> str | None:
-    """``"mdlm fit: results in runs/x/version_3 — metrics.json, checkpoints/last.ckpt"`` (None without a folder)."""
-    log_dir = getattr(trainer, "log_dir", None)
+def run_summary(log_dir: str | None, stage: str, extra: list[str] | None = None) -> str | None:
+    """``"mdlm fit: results in runs/x/version_3 — metrics.json, checkpoints/last.ckpt"`` (None without a folder).
+
+    ``log_dir`` is ``trainer.log_dir``, read on every rank (it broadcasts from rank 0)."""
     if not log_dir or not Path(log_dir).is_dir():
         return None
     folder = Path(log_dir)
