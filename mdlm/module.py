@@ -28,7 +28,7 @@ from mdlm.objective import (
 )
 from mdlm.optim import lr_factor, parameter_groups
 from mdlm.rng import keyed_uniform
-from mdlm.samplers.base import MaskRatioSampler, global_batch_rows
+from mdlm.samplers.base import MaskRatioSampler, global_batch_rows, training_progress
 
 #: a backbone factory: called with the vocabulary size, returns a module mapping
 #: ``(input_ids [B, L], attention_mask [B, L] | None) -> logits [B, L, V]``
@@ -277,8 +277,7 @@ class MaskedDiffusionLM(LightningModule):
         first, global_size = global_batch_rows(B, micro, rank, world, accumulate)
         # 2. the sampler's draw, keyed by (seed, optimizer step, global row): t_b, mask uniforms u_bi, weights c_b
         step = self.trainer.global_step
-        total = self.trainer.estimated_stepping_batches
-        progress = step / total if math.isfinite(total) and total > 0 else 0.0
+        progress = training_progress(step, self.trainer.estimated_stepping_batches)
         draw = self.sampler.draw_batch((B, L), progress, step, first, global_size, device=input_ids.device)
         # 3. the forward process: x_t masks maskable token i of row b iff u_bi < t_b
         noisy, masked = mask_tokens(input_ids, draw.t, self.mask_token_id, draw.uniforms, maskable)

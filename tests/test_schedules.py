@@ -246,3 +246,32 @@ def test_yaml_errors_name_the_bad_value():
 def test_bad_arguments_fail_at_construction(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_training_progress_runs_from_zero_at_the_first_step_to_one_at_the_last():
+    from mdlm.samplers.base import training_progress
+
+    assert [training_progress(s, 5) for s in range(5)] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert training_progress(0, 1) == 1.0 and training_progress(3, math.inf) == 0.0
+
+
+def test_a_curriculum_reaches_its_final_window_at_the_last_training_step(tmp_path):
+    """Through the Trainer: the t of the last of S steps is drawn at progress 1.0 (it was (S - 1) / S)."""
+    from conftest import tiny_trainer
+
+    from mdlm.data.parity import ParityDataModule
+    from mdlm.module import MaskedDiffusionLM
+
+    seen = []
+
+    class Recording(WindowCurriculum):
+        def sample(self, u, progress):
+            seen.append(progress)
+            return super().sample(u, progress)
+
+    curriculum = Recording(start=(0.0, 1.0), end=(0.4, 0.6))
+    model = MaskedDiffusionLM(vocab_size=3, mask_token_id=2)
+    dm = ParityDataModule(n=8, k=3, num_train=64, num_val=16, batch_size=16)
+    tiny_trainer(tmp_path, max_steps=4, limit_val_batches=0, callbacks=[curriculum]).fit(model, datamodule=dm)
+    assert seen == [0.0, 1 / 3, 2 / 3, 1.0]
+    assert curriculum.support(seen[-1]) == pytest.approx((0.4, 0.6))

@@ -27,6 +27,8 @@ A user-defined schedule, e.g. t = U[0, 1]^2 (more low mask ratios)::
 
 from __future__ import annotations
 
+import math
+
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +48,19 @@ def resolve_seed(seed: int | None) -> int:
     if seed is not None:
         return int(seed)
     return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+
+def training_progress(step: int, total_steps: float) -> float:
+    r"""Progress of optimizer step ``step`` (0-based) of a run of ``total_steps``: :math:`s / (S - 1)`.
+
+    The first step has progress 0 and the last (step S − 1) progress 1, so a curriculum reaches its
+    final window; 0 for an unknown (infinite) length, 1 for a one-step run.
+    """
+    if not math.isfinite(total_steps) or total_steps <= 0:
+        return 0.0
+    if total_steps <= 1:
+        return 1.0
+    return min(1.0, step / (total_steps - 1))
 
 
 def global_batch_rows(
