@@ -38,7 +38,7 @@ from mdlm.console import StepProgressBar, default_num_threads, quiet_lightning, 
 quiet_lightning()
 
 from mdlm.module import MaskedDiffusionLM  # noqa: E402
-from mdlm.results import JsonlPredictionWriter  # noqa: E402
+from mdlm.results import EvaluateAtEnd, JsonlPredictionWriter  # noqa: E402
 from mdlm.samplers.base import MaskRatioSampler  # noqa: E402
 from mdlm.throughput import TokenThroughputMonitor  # noqa: E402
 
@@ -68,6 +68,8 @@ class MDLMCLI(LightningCLI):
             StepProgressBar() if type(cb) is RichProgressBar else cb for cb in trainer.callbacks if cb is not None
         ]
         _set_cpu_threads(trainer)
+        if self.subcommand == "fit" and not any(isinstance(cb, EvaluateAtEnd) for cb in trainer.callbacks):
+            trainer.callbacks.append(EvaluateAtEnd())  # the last step is always evaluated and checkpointed
         if self.subcommand == "predict" and not any(isinstance(cb, BasePredictionWriter) for cb in trainer.callbacks):
             trainer.callbacks.append(JsonlPredictionWriter())  # predictions.jsonl in the run folder
         for cb in trainer.checkpoint_callbacks:

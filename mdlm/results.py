@@ -142,6 +142,21 @@ class MetricsHistory(Callback):
         self.history = list(state_dict.get("history", []))
 
 
+class EvaluateAtEnd(Callback):
+    """Validate (and so checkpoint) after the last optimizer step when ``val_check_interval`` missed it.
+
+    At the end of the micro-batch that completes step ``max_steps`` it sets ``trainer.should_stop``;
+    Lightning then runs the validation it runs for any requested stop (early stopping), once — also
+    when that step was a validation step anyway — and the checkpoint callbacks save after it. A run
+    of ``--trainer.max_steps=20`` with ``val_check_interval: 200`` thus still ends with its metrics
+    and a checkpoint. The ``mdlm`` CLI adds it to every ``fit``.
+    """
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+        if trainer.max_steps is not None and trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
+            trainer.should_stop = True
+
+
 class JsonlPredictionWriter(BasePredictionWriter):
     """Write ``mdlm predict`` answer records as JSON lines (one file per rank).
 

@@ -153,10 +153,16 @@ def test_ckpt_path_last_without_a_previous_run_fails_clearly(tmp_path):
     assert "--ckpt_path=last: no" in proc.stderr and "last.ckpt to resume from" in proc.stderr
 
 
-def test_max_steps_below_the_validation_interval_warns(tmp_path):
-    proc = _run(["fit", "--config", str(REPO / "configs" / "parity_md.yaml"), *TINY, "--trainer.max_steps=2",
-                 "--trainer.logger=false", "--trainer.enable_progress_bar=false"], cwd=tmp_path)
-    assert "max_steps=2 < trainer.val_check_interval=100" in proc.stderr
+def test_a_run_shorter_than_the_validation_interval_warns_and_still_leaves_a_result(tmp_path):
+    proc = _run(["fit", "--config", str(REPO / "configs" / "parity_md.yaml"), *TINY, "--trainer.max_steps=5",
+                 "--trainer.enable_progress_bar=false"], cwd=tmp_path)
+    assert "max_steps=5 < trainer.val_check_interval=100" in proc.stderr
+    run_dir = tmp_path / "runs" / "parity_md" / "version_0"
+    history = json.loads((run_dir / "metrics.json").read_text())["history"]
+    assert [row["step"] for row in history] == [5] and "val/nelbo" in history[0]  # evaluated at the end
+    import torch
+
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 5
 
 
 def test_help_names_subcommands_configs_and_docs_without_importing_lightning():
