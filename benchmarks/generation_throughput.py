@@ -15,6 +15,18 @@ warm-up; the outputs must be token-for-token equal. Reported (medians): generate
 
     python benchmarks/generation_throughput.py                  # 10m and 50m, fp32 and bf16 autocast
     python benchmarks/generation_throughput.py --smoke          # seconds
+
+``--fast`` instead compares the fast-decoding settings of :func:`~mdlm.generation.generate`
+(confidence threshold, early stop at EOS, prefix/dual block cache; :data:`FAST_SETTINGS`) with the
+exact loop, on a tiny model trained here in seconds on a copy task whose answers end in EOS
+(``--fast-model trained``; ``random`` for a random-init one): every setting decodes the same
+answers, the settings alternated (rotated order each repeat) in one process. Reported per setting:
+answers/s and tokens/s counting each answer only up to its first EOS (trailing EOS never inflate
+speed), model calls and query positions per answer, agreement with the exact loop's answers, and
+copy accuracy. Written to ``benchmarks/results/generation_fast.json`` (and ``.md``).
+
+    python benchmarks/generation_throughput.py --fast           # ~4 min on 2 shared cores (2 min training)
+    python benchmarks/generation_throughput.py --fast --smoke   # seconds
 """
 
 from __future__ import annotations
@@ -169,6 +181,156 @@ def measure(preset: str, precision: str, args: argparse.Namespace, device: torch
     }
 
 
+# ---------------------------------------------------------------------------------------------
+# fast decoding settings against the exact loop (--fast)
+# ---------------------------------------------------------------------------------------------
+#: name -> extra keyword arguments of ``generate`` (on top of gen_length/steps/block_length, greedy).
+FAST_SETTINGS: dict[str, dict[str, Any]] = {
+    "exact": {},
+    "eos": {"stop_at_eos": True},
+    "tau0.9": {"threshold": 0.9, "stop_at_eos": True},
+    "tau0.7": {"threshold": 0.7, "stop_at_eos": True},
+    "tau0.5": {"threshold": 0.5, "stop_at_eos": True},
+    "prefix": {"cache": "prefix", "stop_at_eos": True},
+    "dual": {"cache": "dual", "stop_at_eos": True},
+    "tau0.9+prefix": {"threshold": 0.9, "cache": "prefix", "stop_at_eos": True},
+    "tau0.9+dual": {"threshold": 0.9, "cache": "dual", "stop_at_eos": True},
+    "tau0.7+dual": {"threshold": 0.7, "cache": "dual", "stop_at_eos": True},
+}
+
+# copy task: prompt = n content tokens then FILL up to COPY_PROMPT; answer = the content, then EOS
+COPY_VOCAB, COPY_CONTENT, COPY_FILL, COPY_EOS, COPY_MASK = 64, 60, 60, 61, 62
+COPY_PROMPT = 16
+
+
+def copy_task(n: int, gen_length: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(prompts [n, COPY_PROMPT], answers [n, gen_length])``: 3..15 content tokens to copy, then EOS."""
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(3, COPY_PROMPT, (n, 1), generator=gen)
+    content = torch.randint(0, COPY_CONTENT, (n, COPY_PROMPT), generator=gen)
+    real = torch.arange(COPY_PROMPT)[None, :] < lengths
+    prompts = torch.where(real, content, COPY_FILL)
+    answers = torch.full((n, gen_length), COPY_EOS)
+    width = min(COPY_PROMPT, gen_length)
+    answers[:, :width] = torch.where(real, content, COPY_EOS)[:, :width]
+    return prompts, answers
+
+
+def train_copy_model(steps: int, gen_length: int, seed: int = 0, batch: int = 64) -> Transformer:
+    """A ``tiny`` Transformer fitted to :func:`copy_task` with the masked-diffusion objective
+    (answer tokens masked with ratio ``t ~ U[0.05, 1]``, 1/t-weighted cross-entropy); eval mode."""
+    torch.manual_seed(seed)
+    model = Transformer(COPY_VOCAB, preset="tiny", max_seq_len=COPY_PROMPT + gen_length)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(seed + 1)
+    model.train()
+    for step in range(steps):
+        prompts, answers = copy_task(batch, gen_length, seed=10_000 + step)
+        t = torch.rand(batch, 1, generator=gen).clamp(min=0.05)
+        masked = torch.rand(answers.shape, generator=gen) < t
+        noisy = torch.cat([prompts, answers.masked_fill(masked, COPY_MASK)], dim=1)
+        logits = model(noisy)[:, COPY_PROMPT:]
+        nll = F.cross_entropy(logits.reshape(-1, COPY_VOCAB), answers.reshape(-1), reduction="none").view_as(answers)
+        loss = ((nll * masked) / t).sum() / masked.numel()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def measure_fast(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Every setting of ``args.settings`` decodes the same ``args.answers`` prompts in batches of
+    ``args.batch``; ``args.repeats`` rounds, the settings' order rotated each round."""
+    t0 = time.perf_counter()
+    if args.fast_model == "trained":
+        model = train_copy_model(args.train_steps, args.gen_length).to(device)
+    else:
+        model = make_model("tiny", vocab=COPY_VOCAB, device=device)
+    train_s = time.perf_counter() - t0
+    prompts, answers = copy_task(args.answers, args.gen_length, seed=1)
+    prompts, answers = prompts.to(device), answers.to(device)
+    base = dict(mask_token_id=COPY_MASK, eos_token_id=COPY_EOS, gen_length=args.gen_length, steps=args.steps,
+                block_length=args.block_length, suppress_token_ids=[COPY_FILL])
+    names = list(args.settings)
+
+    def run(name: str) -> dict[str, Any]:
+        seqs, passes, calls, positions = [], [], 0, []
+        for lo in range(0, args.answers, args.batch):
+            out = generate(model, prompts[lo : lo + args.batch], **base, **FAST_SETTINGS[name])
+            seqs += [s.tolist() for s in out.sequences]
+            passes += out.row_forward_passes.tolist()
+            positions += out.row_query_positions.tolist()
+            calls += out.forward_passes
+        return {"sequences": seqs, "row_forward_passes": passes, "row_query_positions": positions, "calls": calls}
+
+    results = {name: run(name) for name in names}  # warm-up; the outputs compared below
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(args.repeats):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            with stopwatch(device) as t:
+                run(name)
+            times[name].append(t["s"])
+    truth = [[t for t in row.tolist() if t != COPY_EOS] for row in answers.cpu()]
+    exact_seqs = results["exact"]["sequences"] if "exact" in results else None
+    rows = []
+    for name in names:
+        res, sec = results[name], median(times[name])
+        tokens = sum(len(s) for s in res["sequences"])
+        rows.append({
+            "setting": name,
+            "kwargs": FAST_SETTINGS[name],
+            "seconds": times[name],
+            "answers_per_s": args.answers / sec,
+            "tokens_per_s": tokens / sec,
+            "tokens_per_answer": tokens / args.answers,
+            "forward_passes_per_answer": sum(res["row_forward_passes"]) / args.answers,
+            "model_calls": res["calls"],
+            "query_positions_per_answer": sum(res["row_query_positions"]) / args.answers,
+            "accuracy": sum(s == t for s, t in zip(res["sequences"], truth)) / args.answers,
+            "agreement_with_exact": None if exact_seqs is None else
+            sum(a == b for a, b in zip(res["sequences"], exact_seqs)) / args.answers,
+        })
+    if exact_seqs is not None:
+        ref = next(r for r in rows if r["setting"] == "exact")
+        for row in rows:
+            row["speedup"] = row["answers_per_s"] / ref["answers_per_s"]
+            row["forward_pass_ratio"] = ref["forward_passes_per_answer"] / row["forward_passes_per_answer"]
+    for row in rows:
+        print(f"  {row['setting']:>14}: {row['answers_per_s']:8.2f} answers/s, {row['tokens_per_s']:8.1f} tok/s, "
+              f"{row['forward_passes_per_answer']:5.1f} passes/answer, acc {row['accuracy']:.3f}, "
+              f"agree {row['agreement_with_exact']}", flush=True)
+    return {"model": args.fast_model, "train_steps": args.train_steps if args.fast_model == "trained" else 0,
+            "train_seconds": train_s, "rows": rows}
+
+
+def markdown_fast(data: dict[str, Any]) -> str:
+    s, res = data["settings"], data["results"]
+    model = (f"tiny model trained here on a copy task ({res['train_steps']} steps, {res['train_seconds']:.0f} s)"
+             if res["model"] == "trained" else "random-init tiny model")
+    rows = [
+        [r["setting"], fmt(r["answers_per_s"], 2), fmt(r["tokens_per_s"], 1), f"{r.get('speedup', 0):.2f}×",
+         fmt(r["forward_passes_per_answer"], 1), f"{r.get('forward_pass_ratio', 0):.2f}×",
+         fmt(r["query_positions_per_answer"], 0), fmt(r["tokens_per_answer"], 1), f"{r['accuracy']:.3f}",
+         "-" if r["agreement_with_exact"] is None else f"{r['agreement_with_exact']:.3f}"]
+        for r in res["rows"]
+    ]
+    return "\n".join([
+        "### Fast decoding: threshold, early stop at EOS, block cache vs the exact loop",
+        "",
+        machine_line(data["machine"]),
+        f"{model}; {s['answers']} answers in batches of {s['batch']}, gen_length {s['gen_length']}, steps <= {s['steps']}, "
+        f"block_length {s['block_length']}, greedy; settings alternated in one process, {s['repeats']} rounds, medians. "
+        "Tokens counted up to the first EOS; passes = model calls each answer took part in.",
+        "",
+        markdown_table(
+            ["setting", "answers/s", "tok/s", "speed-up", "passes/answer", "fewer passes", "query positions/answer",
+             "tokens/answer", "accuracy", "= exact"],
+            rows,
+        ),
+    ]) + "\n"
+
+
 def markdown(data: dict[str, Any]) -> str:
     s = data["settings"]
     rows = [
@@ -205,13 +367,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--smoke", action="store_true", help="tiny preset, fp32, 8 tokens, 1 repeat")
-    p.add_argument("--out", type=Path, default=None, help="JSON (default benchmarks/results/generation_throughput.json)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="JSON (default benchmarks/results/generation_throughput.json, with --fast generation_fast.json)")
+    fast = p.add_argument_group("--fast: fast-decoding settings against the exact loop")
+    fast.add_argument("--fast", action="store_true", help="measure FAST_SETTINGS instead of the reference comparison")
+    fast.add_argument("--settings", nargs="+", default=list(FAST_SETTINGS), choices=list(FAST_SETTINGS))
+    fast.add_argument("--fast-model", choices=["trained", "random"], default="trained")
+    fast.add_argument("--train-steps", type=int, default=400)
+    fast.add_argument("--answers", type=int, default=64, help="answers per setting and round")
     args = p.parse_args(argv)
+    if args.fast:
+        defaults = {"gen_length": 64, "steps": 64, "block_length": 16, "batch": 8}
+        for key, value in defaults.items():
+            if getattr(args, key) == p.get_default(key):
+                setattr(args, key, value)
     if args.smoke:
         args.presets, args.precisions, args.batch, args.repeats = ["tiny"], ["32-true"], 2, 1
         args.prompt_length, args.gen_length, args.steps, args.block_length = 8, 8, 8, 4
+        if args.fast:
+            args.answers, args.train_steps, args.gen_length, args.steps = 4, 5, 16, 16
     if args.out is None:
-        args.out = Path(tempfile.gettempdir()) / "generation_throughput_smoke.json" if args.smoke else RESULTS / "generation_throughput.json"
+        name = "generation_fast" if args.fast else "generation_throughput"
+        args.out = Path(tempfile.gettempdir()) / f"{name}_smoke.json" if args.smoke else RESULTS / f"{name}.json"
     return args
 
 
@@ -222,6 +399,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     machine = machine_record()
     t0 = time.perf_counter()
+    if args.fast:
+        results = measure_fast(args, device)
+        machine["loadavg_end"] = list(os.getloadavg())
+        data = {
+            "benchmark": "generation_fast",
+            "settings": {k: getattr(args, k) for k in ("answers", "batch", "gen_length", "steps", "block_length", "repeats")},
+            "answers_per_s": "answers / median seconds to decode all answers",
+            "tokens_per_s": "tokens up to each answer's first EOS / median seconds",
+            "forward_passes_per_answer": "mean number of model calls an answer took part in",
+            "machine": machine,
+            "wall_s": time.perf_counter() - t0,
+            "results": results,
+        }
+        write_results(args.out, data, markdown_fast)
+        return data
     results = [measure(preset, precision, args, device) for preset in args.presets for precision in args.precisions]
     machine["loadavg_end"] = list(os.getloadavg())
     data = {

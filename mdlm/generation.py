@@ -16,6 +16,15 @@ masked answer, and at every step predict all masked positions, then *commit* (un
 pinned semantics are documented on :func:`generate`; deviations from LLaDA's code are listed
 below.
 
+Fast decoding (Fast-dLLM, arXiv 2505.22618; all off by default): a confidence ``threshold``
+commits every masked position of the current block whose confidence reaches it (at least the
+exact schedule's quota, so ``steps`` becomes an upper bound), ``max_tokens_per_step`` caps it,
+``stop_at_eos`` ends a row once an EOS is committed with nothing masked before it, and ``cache``
+(``"prefix"``/``"dual"``) reuses keys/values across the steps of a block for models that support
+it (mdlm's ``Transformer``; others take the exact path). ``lockstep`` keeps the exact loop's
+number of model calls. The rules are stated on :func:`generate`; :data:`PRESETS` has ``*_fast``
+variants.
+
 Left padding: batched prompts of different lengths are left-padded. For a model that hides
 padding (:func:`padding_hidden` is ``True``, the default) they run as one batch with the padding
 hidden by ``attention_mask``; the result equals one-by-one generation only if the model's logits
@@ -58,6 +67,7 @@ tokens in the prompt, a model that never puts its highest logit on the mask toke
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, replace
 from types import ModuleType
 from typing import Any, Callable, Optional, Sequence, Union
@@ -65,15 +75,19 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from mdlm.models.kv_cache import KVCache
+
 __all__ = [
     "REMASKING_STRATEGIES",
     "EXTRACTION_RULES",
+    "CACHE_MODES",
     "GenerationOutput",
     "GenerationConfig",
     "PRESETS",
     "get_preset",
     "num_transfer_tokens",
     "padding_hidden",
+    "block_cache_model",
     "generate",
     "infill",
 ]
@@ -82,6 +96,8 @@ __all__ = [
 REMASKING_STRATEGIES = ("low_confidence", "random")
 #: Valid answer-extraction rules of a :class:`GenerationConfig`.
 EXTRACTION_RULES = ("gsm8k", "math")
+#: Valid values of ``cache`` (``None`` = no cache, the exact loop).
+CACHE_MODES = ("prefix", "dual")
 
 PromptsLike = Union[Tensor, Sequence[Union[Tensor, Sequence[int]]]]
 
@@ -149,6 +165,53 @@ def _validate_decoding(
     return block_length
 
 
+def _validate_fast(
+    *,
+    gen_length: int,
+    steps: int,
+    block_length: int,
+    remasking: str,
+    threshold: Any,
+    max_tokens_per_step: Any,
+    stop_at_eos: Any,
+    cache: Any,
+    cache_refresh: Any,
+    lockstep: Any,
+) -> None:
+    """Check the parallel-decoding and caching settings (after :func:`_validate_decoding`)."""
+    if threshold is not None:
+        if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not (
+            0.0 <= threshold <= 1.0
+        ):
+            raise ValueError(f"threshold must be None or a number in [0, 1], got {threshold!r}")
+        if remasking != "low_confidence":
+            raise ValueError(
+                f"threshold needs remasking='low_confidence' (it compares the model's confidence); "
+                f"got remasking={remasking!r}"
+            )
+    if max_tokens_per_step is not None:
+        _check_positive_int("max_tokens_per_step", max_tokens_per_step)
+        steps_per_block = steps // (gen_length // block_length)
+        needed = -(-block_length // steps_per_block)
+        if max_tokens_per_step < needed:
+            raise ValueError(
+                f"max_tokens_per_step={max_tokens_per_step} cannot finish a block of {block_length} tokens "
+                f"in {steps_per_block} steps; use max_tokens_per_step >= {needed} or more steps"
+            )
+    for name, value in (("stop_at_eos", stop_at_eos), ("lockstep", lockstep)):
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be True or False, got {value!r}")
+    if cache is not None and cache not in CACHE_MODES:
+        raise ValueError(
+            f"cache={cache!r} is not a known cache mode; valid: None, "
+            f"{', '.join(repr(c) for c in CACHE_MODES)}"
+        )
+    if cache_refresh is not None:
+        _check_positive_int("cache_refresh", cache_refresh)
+        if cache is None:
+            raise ValueError("cache_refresh is set but cache is None; set cache='prefix' or 'dual'")
+
+
 def _check_token_id(name: str, value: Any, vocab_size: Optional[int] = None) -> None:
     if not _is_int(value) or value < 0 or (vocab_size is not None and value >= vocab_size):
         valid = f"0..{vocab_size - 1}" if vocab_size is not None else "an integer >= 0"
@@ -193,6 +256,13 @@ class GenerationOutput:
             prompt followed by the generated tokens (for :func:`infill`: same as ``tokens``).
         attention_mask: ``BoolTensor`` like ``canvas`` (``True`` on real tokens), or ``None``
             when there was no padding.
+        forward_passes: number of model calls (a classifier-free-guidance call, which runs the
+            conditional and unconditional rows as one batch, counts once).
+        row_forward_passes: ``LongTensor[B]``, the model calls each row took part in.
+        row_query_positions: ``LongTensor[B]``, the positions whose logits were computed for each
+            row, summed over its calls (a full forward counts the whole canvas, a cached forward
+            its span; the unconditional CFG row counts too).
+        cache: the block cache actually used (``"prefix"``, ``"dual"``), or ``None`` (exact path).
     """
 
     tokens: Tensor
@@ -200,6 +270,10 @@ class GenerationOutput:
     committed_per_step: Tensor
     canvas: Tensor
     attention_mask: Optional[Tensor] = None
+    forward_passes: int = 0
+    row_forward_passes: Optional[Tensor] = None
+    row_query_positions: Optional[Tensor] = None
+    cache: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -220,6 +294,8 @@ class GenerationConfig:
         extraction: answer-extraction rule, ``"gsm8k"`` (final number after ``####`` /
             last number) or ``"math"`` (``\\boxed{}`` / Minerva final answer).
         description: one line saying where the numbers come from.
+        threshold, max_tokens_per_step, stop_at_eos, cache, cache_refresh, lockstep: parallel
+            decoding and block caching, see :func:`generate` (defaults: the exact loop).
 
     ``generate(model, prompts, mask_token_id=..., **config.generate_kwargs())`` decodes with
     the preset; use ``dataclasses.replace(config, steps=...)`` to derive variants.
@@ -235,15 +311,33 @@ class GenerationConfig:
     prompt_template: str = "gsm8k"
     extraction: str = "gsm8k"
     description: str = ""
+    threshold: Optional[float] = None
+    max_tokens_per_step: Optional[int] = None
+    stop_at_eos: bool = False
+    cache: Optional[str] = None
+    cache_refresh: Optional[int] = None
+    lockstep: bool = False
 
     def __post_init__(self) -> None:
-        _validate_decoding(
+        block_length = _validate_decoding(
             gen_length=self.gen_length,
             steps=self.steps,
             block_length=self.block_length,
             temperature=self.temperature,
             cfg_scale=self.cfg_scale,
             remasking=self.remasking,
+        )
+        _validate_fast(
+            gen_length=self.gen_length,
+            steps=self.steps,
+            block_length=block_length,
+            remasking=self.remasking,
+            threshold=self.threshold,
+            max_tokens_per_step=self.max_tokens_per_step,
+            stop_at_eos=self.stop_at_eos,
+            cache=self.cache,
+            cache_refresh=self.cache_refresh,
+            lockstep=self.lockstep,
         )
         if not _is_int(self.shots) or self.shots < 0:
             raise ValueError(f"shots must be an integer >= 0, got {self.shots!r}")
@@ -266,6 +360,12 @@ class GenerationConfig:
             "temperature": self.temperature,
             "cfg_scale": self.cfg_scale,
             "remasking": self.remasking,
+            "threshold": self.threshold,
+            "max_tokens_per_step": self.max_tokens_per_step,
+            "stop_at_eos": self.stop_at_eos,
+            "cache": self.cache,
+            "cache_refresh": self.cache_refresh,
+            "lockstep": self.lockstep,
         }
 
     def replace(self, **changes: Any) -> "GenerationConfig":
@@ -308,6 +408,31 @@ PRESETS: dict = {
         description="smoke-test size for CPU: 0-shot, 64 tokens, 64 steps, 2 blocks of 32",
     ),
 }
+
+#: Fast variants (Fast-dLLM's settings: blocks of 32, confidence threshold 0.9, dual cache)
+#: with early stop at EOS. ``steps`` is an upper bound (one token per step at worst). Approximate:
+#: the threshold and the cache change the output; measure before trusting.
+_FAST = dict(threshold=0.9, cache="dual", stop_at_eos=True)
+PRESETS.update(
+    {
+        "llada_gsm8k_fast": PRESETS["llada_gsm8k"].replace(
+            block_length=32,
+            description="llada_gsm8k with Fast-dLLM decoding: blocks of 32, threshold 0.9, dual "
+            "cache, stop at EOS; <= 512 steps",
+            **_FAST,
+        ),
+        "llada_math_fast": PRESETS["llada_math"].replace(
+            block_length=32,
+            description="llada_math with Fast-dLLM decoding: blocks of 32, threshold 0.9, dual "
+            "cache, stop at EOS; <= 512 steps",
+            **_FAST,
+        ),
+        "cpu_tiny_fast": PRESETS["cpu_tiny"].replace(
+            description="cpu_tiny with threshold 0.9, dual cache, stop at EOS; <= 64 steps",
+            **_FAST,
+        ),
+    }
+)
 
 
 def get_preset(name: str) -> GenerationConfig:
@@ -365,8 +490,11 @@ def _draw_uniform(
 # --------------------------------------------------------------------------------------
 # Core loop
 # --------------------------------------------------------------------------------------
-def _call_model(model: Callable, x: Tensor, attention_mask: Optional[Tensor]) -> Tensor:
-    out = model(x) if attention_mask is None else model(x, attention_mask=attention_mask)
+def _call_model(model: Callable, x: Tensor, attention_mask: Optional[Tensor], **extra: Any) -> Tensor:
+    if attention_mask is None:
+        out = model(x, **extra)
+    else:
+        out = model(x, attention_mask=attention_mask, **extra)
     logits = getattr(out, "logits", out)
     if not isinstance(logits, Tensor) or logits.dim() != 3 or logits.shape[:2] != x.shape:
         got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
@@ -398,49 +526,106 @@ def _denoise(
     cfg_scale: float,
     generator: Optional[torch.Generator],
     suppress_token_ids: Sequence[int],
-) -> Tensor:
-    """Run the reverse process in place on ``x``; return ``committed_per_step [B, steps]``."""
-    batch = x.shape[0]
+    threshold: Optional[float] = None,
+    max_tokens_per_step: Optional[int] = None,
+    eos_token_id: Optional[int] = None,
+    answer_start: int = 0,
+    lockstep: bool = False,
+    cache: Optional[str] = None,
+    cache_refresh: Optional[int] = None,
+    cache_model: Optional[Callable] = None,
+) -> tuple:
+    """Run the reverse process in place on ``x``.
+
+    Returns ``(committed_per_step [B, steps], stats)`` with ``stats`` a dict of
+    ``forward_passes``, ``row_forward_passes [B]`` and ``row_query_positions [B]``. Without
+    ``threshold`` and ``eos_token_id`` (early stop) this is LLaDA's loop with its precomputed
+    schedule; otherwise the quota is recomputed each step (see :func:`generate`).
+    """
+    batch, length = x.shape
     device = x.device
     work = _work_dtype(device)
-    total_steps = len(blocks) * steps_per_block
+    spb = steps_per_block
+    total_steps = len(blocks) * spb
     committed = torch.zeros(batch, total_steps, dtype=torch.long, device=device)
+    row_calls = torch.zeros(batch, dtype=torch.long, device=device)
+    row_positions = torch.zeros(batch, dtype=torch.long, device=device)
+    calls = 0
     suppress = sorted({int(mask_token_id), *(int(t) for t in suppress_token_ids)})
     suppress_idx = torch.tensor(suppress, dtype=torch.long, device=device)
     vocab_checked = False
+    exact = threshold is None and eos_token_id is None  # LLaDA's precomputed schedule
+    guided = cfg_scale > 0
+
+    # Live rows: rows finished by the EOS rule leave the batch (unless lockstep). `rows` None means
+    # every row, with `xl` being `x` itself; otherwise `xl` is a compact copy written back to `x`.
+    rows: Optional[Tensor] = None
+    xl, attn_l, cond_l, fill_l = x, attention_mask, cond_positions, fillable
+    kv: Optional[KVCache] = None
+    all_done = False
+
+    def block_masked(start: int, end: int) -> Tensor:
+        m = xl[:, start:end] == mask_token_id
+        return m if fill_l is None else m & fill_l[:, start:end]
+
+    def write_back() -> None:
+        if rows is not None:
+            x.index_copy_(0, rows, xl)
+
+    def block_logits(start: int, end: int, i: int) -> Tensor:
+        """Logits of the live rows at the current block's positions (CFG combined)."""
+        nonlocal kv, calls
+        b = xl.shape[0]
+        inp, am = xl, attn_l
+        if guided:
+            inp = torch.cat([xl, xl.masked_fill(cond_l, mask_token_id)], dim=0)
+            am = None if attn_l is None else torch.cat([attn_l, attn_l], dim=0)
+        if cache is None:
+            out, width = _call_model(model, inp, am)[:, start:end], length
+        elif kv is None or i == 0 or (cache_refresh is not None and i % cache_refresh == 0):
+            kv = KVCache()  # (re)built by a full forward
+            out, width = _call_model(cache_model, inp, am, kv_cache=kv)[:, start:end], length
+            if cache == "prefix":
+                kv.crop(start)
+        else:
+            hi = length if cache == "prefix" else end
+            out = _call_model(cache_model, inp[:, start:hi], am, kv_cache=kv, kv_start=start)
+            out, width = out[:, : end - start], hi - start
+        calls += 1
+        live = slice(None) if rows is None else rows
+        row_calls[live] += 1
+        row_positions[live] += width * (2 if guided else 1)
+        if not guided:
+            return out
+        combine = torch.promote_types(out.dtype, torch.float32)
+        cond, un = out[:b].to(combine), out[b:].to(combine)
+        return un + (cfg_scale + 1.0) * (cond - un)
 
     step = 0
     for start, end in blocks:
+        if all_done and not lockstep:
+            break
         n = end - start
-        region_ok = None if fillable is None else fillable[:, start:end]
-        masked = x[:, start:end] == mask_token_id
-        if region_ok is not None:
-            masked &= region_ok
-        schedule = num_transfer_tokens(masked.sum(dim=1), steps_per_block)  # [B, S]
-        active = schedule.any(dim=0).tolist()  # one host sync per block
-        ranks_base = torch.arange(n, device=device).expand(batch, n)
-        for i in range(steps_per_block):
-            if not active[i]:  # nothing to commit anywhere in the batch at this step
+        kv = None
+        if exact:
+            schedule = num_transfer_tokens(block_masked(start, end).sum(dim=1), spb)  # [B, S]
+            active = schedule.any(dim=0).tolist()  # one host sync per block
+        if lockstep:  # the exact loop's calls for a fully masked block of n tokens
+            active = [i < n for i in range(spb)]
+        for i in range(spb):
+            if exact or lockstep:
+                call = active[i]
+            else:  # one host sync per step: stop the block once it is complete
+                call = not all_done and bool(block_masked(start, end).any())
+                if not call:
+                    step += spb - i
+                    break
+            if not call:  # nothing to commit anywhere in the batch at this step
                 step += 1
                 continue
 
-            # ---- logits of the current block (with classifier-free guidance) ----
-            if cfg_scale > 0:
-                un_x = x.masked_fill(cond_positions, mask_token_id)
-                both = torch.cat([x, un_x], dim=0)
-                both_mask = (
-                    None if attention_mask is None else torch.cat([attention_mask] * 2, dim=0)
-                )
-                out = _call_model(model, both, both_mask)
-                vocab = out.shape[-1]
-                combine = torch.promote_types(out.dtype, torch.float32)
-                cond = out[:batch, start:end].to(combine)
-                un = out[batch:, start:end].to(combine)
-                logits = un + (cfg_scale + 1.0) * (cond - un)
-            else:
-                out = _call_model(model, x, attention_mask)
-                vocab = out.shape[-1]
-                logits = out[:, start:end]
+            logits = block_logits(start, end, i)
+            b, vocab = logits.shape[0], logits.shape[-1]
             if not vocab_checked:
                 _check_ids_against_vocab(mask_token_id, suppress_token_ids, vocab)
                 vocab_checked = True
@@ -449,7 +634,7 @@ def _denoise(
             # ---- candidate tokens: greedy or float64 Gumbel-max ----
             if temperature > 0:
                 u = _draw_uniform(
-                    (batch, n, vocab), start=start, step=step, dtype=work, device=device,
+                    (b, n, vocab), start=start, step=step, dtype=work, device=device,
                     generator=generator,
                 )
                 shifted = logits - logits.amax(dim=-1, keepdim=True)
@@ -464,20 +649,64 @@ def _denoise(
                 confidence = probs.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
             else:  # "random"
                 confidence = _draw_uniform(
-                    (batch, n), start=start, step=step, dtype=work, device=device,
+                    (b, n), start=start, step=step, dtype=work, device=device,
                     generator=generator,
                 )
-            masked = x[:, start:end] == mask_token_id
-            if region_ok is not None:
-                masked &= region_ok
+            masked = block_masked(start, end)
             confidence = torch.where(masked, confidence.to(work), float("-inf"))
+            if exact:
+                quota = schedule[:, i]
+            else:  # ceil(masked left / steps left): LLaDA's schedule when no step exceeds it
+                quota = (masked.sum(dim=-1) + (spb - i - 1)) // (spb - i)
+                if threshold is not None:
+                    quota = torch.maximum(quota, (confidence >= threshold).sum(dim=-1))
+                    if max_tokens_per_step is not None:
+                        quota = quota.clamp(max=max_tokens_per_step)
             order = confidence.argsort(dim=-1, descending=True, stable=True)
+            ranks_base = torch.arange(n, device=device).expand(b, n)
             ranks = torch.empty_like(order).scatter_(-1, order, ranks_base)
-            transfer = masked & (ranks < schedule[:, i : i + 1])
-            x[:, start:end] = torch.where(transfer, x0, x[:, start:end])
-            committed[:, step] = transfer.sum(dim=-1)
+            transfer = masked & (ranks < quota[:, None])
+            xl[:, start:end] = torch.where(transfer, x0, xl[:, start:end])
+            committed[slice(None) if rows is None else rows, step] = transfer.sum(dim=-1)
             step += 1
-    return committed
+
+            # ---- early stop: an EOS committed with nothing masked before it ends the row ----
+            if eos_token_id is not None and not all_done:
+                answer = xl[:, answer_start:]
+                width = answer.shape[1]
+                is_mask, is_eos = answer == mask_token_id, answer == eos_token_id
+                first_mask = torch.where(is_mask.any(1), is_mask.long().argmax(1), width)
+                first_eos = torch.where(is_eos.any(1), is_eos.long().argmax(1), width)
+                done = first_eos < first_mask
+                finished = done | (first_mask == width)
+                any_done, all_finished, any_finished = torch.stack(
+                    [done.any(), finished.all(), finished.any()]
+                ).tolist()  # one host sync
+                if any_done:
+                    after = torch.arange(width, device=device)[None, :] > first_eos[:, None]
+                    xl[:, answer_start:] = answer.masked_fill(after & done[:, None], eos_token_id)
+                if all_finished:
+                    all_done = True
+                elif not lockstep and any_finished:
+                    keep = (~finished).nonzero().squeeze(1)
+                    write_back()
+                    rows = keep if rows is None else rows[keep]
+                    xl = xl[keep]
+                    attn_l = None if attn_l is None else attn_l[keep]
+                    cond_l = cond_l[keep]
+                    fill_l = None if fill_l is None else fill_l[keep]
+                    if kv is not None:
+                        kv.select(torch.cat([keep, keep + b]) if guided else keep)
+                if all_done and not lockstep:
+                    step += spb - i - 1
+                    break
+    write_back()
+    stats = {
+        "forward_passes": calls,
+        "row_forward_passes": row_calls,
+        "row_query_positions": row_positions,
+    }
+    return committed, stats
 
 
 # --------------------------------------------------------------------------------------
@@ -505,6 +734,42 @@ def padding_hidden(model: Any) -> bool:
             if inner is not None and not isinstance(inner, ModuleType):
                 queue.append(inner)
     return True
+
+
+def _accepts_cache(obj: Any) -> bool:
+    """Does ``obj.forward`` (or ``obj``) take ``kv_cache`` and ``kv_start`` (e.g. not replaced)?"""
+    try:
+        params = inspect.signature(getattr(obj, "forward", obj)).parameters
+    except (TypeError, ValueError):
+        return False
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return True
+    return "kv_cache" in params and "kv_start" in params
+
+
+def block_cache_model(model: Any) -> Optional[Callable]:
+    """The object to call for block-cached decoding, or ``None`` (exact path).
+
+    ``model`` itself if its attribute ``supports_block_cache`` is ``True`` (and its ``forward``
+    takes ``kv_cache`` and ``kv_start``), else the nearest of the objects it wraps (``.backbone``, ``.module``, ``._orig_mod``) that has it; such an object
+    is called as ``obj(ids, attention_mask=..., kv_cache=..., kv_start=...)`` (see
+    :mod:`mdlm.models.kv_cache`) instead of ``model``, so a wrapper found this way must not change
+    the logits. mdlm's :class:`~mdlm.models.transformer.Transformer` has it; Hugging Face
+    backbones, LLaDA/Dream and plain callables do not.
+    """
+    queue, seen = [model], set()
+    while queue:
+        obj = queue.pop(0)
+        if obj is None or id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if getattr(obj, "supports_block_cache", False) is True and _accepts_cache(obj):
+            return obj
+        for name in ("backbone", "module", "_orig_mod"):
+            inner = getattr(obj, name, None)
+            if inner is not None and not isinstance(inner, ModuleType):
+                queue.append(inner)
+    return None
 
 
 def _equal_length_groups(lengths: Tensor) -> list:
@@ -607,6 +872,12 @@ def generate(
     attention_mask: Optional[Tensor] = None,
     generator: Optional[torch.Generator] = None,
     suppress_token_ids: Sequence[int] = (),
+    threshold: Optional[float] = None,
+    max_tokens_per_step: Optional[int] = None,
+    stop_at_eos: bool = False,
+    cache: Optional[str] = None,
+    cache_refresh: Optional[int] = None,
+    lockstep: bool = False,
 ) -> GenerationOutput:
     """Generate ``gen_length`` tokens after each prompt with the LLaDA reverse process.
 
@@ -623,7 +894,8 @@ def generate(
             is never produced. Mask tokens inside the prompt are left as they are.
         gen_length: number of tokens to generate (>= 1).
         steps: total number of denoising steps (>= 1), a multiple of the number of blocks
-            ``gen_length // block_length``; each block gets ``steps // num_blocks`` steps.
+            ``gen_length // block_length``; each block gets ``steps // num_blocks`` steps
+            (an upper bound with ``threshold`` or ``stop_at_eos``).
         block_length: semi-autoregressive block size; ``gen_length`` must be a multiple of it.
             Blocks are decoded left to right, and a position beyond the current block is
             never committed before its block starts. ``None`` = one block (``gen_length``).
@@ -646,22 +918,63 @@ def generate(
         generator: ``torch.Generator`` (on the prompts' device) for reproducible sampling
             (Gumbel noise and random remasking); ``None`` uses the global RNG.
         suppress_token_ids: further ids whose logits are set to ``-inf`` (never produced).
+        threshold: confidence threshold ``tau`` in [0, 1] of parallel decoding (Fast-dLLM);
+            needs ``remasking="low_confidence"``. ``None``: the exact schedule.
+        max_tokens_per_step: cap on the tokens one step commits with ``threshold`` (must be
+            ``>= ceil(block_length / steps_per_block)`` so that every block can finish).
+        stop_at_eos: early stop at EOS (needs ``eos_token_id``; without it nothing changes).
+        cache: ``"prefix"`` or ``"dual"`` block KV cache (approximate), for models with
+            ``supports_block_cache`` (:func:`block_cache_model`; mdlm's ``Transformer``). Other
+            models (Hugging Face backbones, LLaDA, Dream, any plain callable) take the exact
+            path: a full forward per step; ``output.cache`` tells which was used.
+        cache_refresh: with ``cache``, rebuild it every ``k`` steps of a block as well.
+        lockstep: call the model exactly as often as the exact loop does (for callers whose
+            forwards are collective, e.g. sharded FSDP ranks generating one prompt each).
 
-    Schedule: in each block, with ``m`` masked tokens at the block's start and ``S`` steps
-    per block, step ``i`` commits ``m // S`` tokens plus one for the first ``m % S`` steps
-    (LLaDA's ``get_num_transfer_tokens``); a committed token is never remasked.
+    Schedule (exact loop): in each block, with ``m`` masked tokens at the block's start and
+    ``S`` steps per block, step ``i`` commits ``m // S`` tokens plus one for the first
+    ``m % S`` steps (LLaDA's ``get_num_transfer_tokens``); a committed token is never remasked.
+
+    Parallel decoding (``threshold`` = tau): at step ``i`` of a block, a row with ``r`` masked
+    positions left in the block commits its ``k`` most confident ones, where
+    ``k = max(ceil(r / (S - i)), #{masked positions of the block with confidence >= tau})``,
+    capped at ``max_tokens_per_step``. ``ceil(r / (S - i))`` (at least one while ``r > 0``) is
+    the exact schedule when no step commits more than its quota, so the block always finishes
+    within ``S`` steps, and ``tau`` above every confidence reproduces the exact loop token for
+    token. A block ends (no further model calls) as soon as no row has a masked position in it.
+
+    Early stop (``stop_at_eos``): after each step, a row whose answer holds a committed EOS
+    with no masked position before it is finished: every position after its first EOS is set
+    to EOS (masked or not; not counted in ``committed_per_step``), and it leaves the batch (no
+    further calls for it). The call ends when every row is finished. Greedy ``sequences`` are
+    those without early stop (cut at that EOS, whose prefix is final); with sampling, the rows
+    left draw other noise once a row has left.
+
+    Block cache (``cache``): at a block's first step (and every ``cache_refresh`` steps) one
+    full forward gives the step's logits and every layer's keys/values. The other steps run a
+    span forward whose queries are ``"prefix"``: the current block and everything after it,
+    attending to the cached keys/values of the positions before the block; ``"dual"``: the
+    current block only, attending to the cached keys/values of the prefix and of the suffix
+    (still masked, or the stale state of the block start). No extra model calls.
+
+    Lockstep: the model is called at exactly the steps where the exact loop calls it for a
+    fully masked answer (``min(S, block_length)`` calls per block, in every block), finished
+    rows and blocks included; outputs are those of ``lockstep=False``.
 
     Returns:
         :class:`GenerationOutput` with ``tokens [B, gen_length]``, ``sequences`` (cut at
-        EOS), ``committed_per_step [B, steps]``, the full ``canvas`` and its attention mask.
+        EOS), ``committed_per_step [B, steps]``, the full ``canvas`` and its attention mask,
+        and the counts ``forward_passes``, ``row_forward_passes``, ``row_query_positions``.
 
     Raises:
         ValueError: naming the bad value and what would be valid, for: ``gen_length``,
             ``steps`` or ``block_length`` < 1; ``gen_length`` not a multiple of
             ``block_length``; ``steps`` not a multiple of the number of blocks; an unknown
-            ``remasking``; a negative ``temperature`` or ``cfg_scale``; ``mask_token_id`` (or
-            a suppressed id) outside the model's vocabulary; badly shaped prompts; prompts of
-            different lengths without ``pad_token_id``.
+            ``remasking`` or ``cache``; a negative ``temperature`` or ``cfg_scale``;
+            ``threshold`` outside [0, 1] or with random remasking; a too small
+            ``max_tokens_per_step``; ``mask_token_id`` (or a suppressed id) outside the
+            model's vocabulary; badly shaped prompts; prompts of different lengths without
+            ``pad_token_id``.
     """
     block_length = _validate_decoding(
         gen_length=gen_length,
@@ -671,11 +984,25 @@ def generate(
         cfg_scale=cfg_scale,
         remasking=remasking,
     )
+    _validate_fast(
+        gen_length=gen_length,
+        steps=steps,
+        block_length=block_length,
+        remasking=remasking,
+        threshold=threshold,
+        max_tokens_per_step=max_tokens_per_step,
+        stop_at_eos=stop_at_eos,
+        cache=cache,
+        cache_refresh=cache_refresh,
+        lockstep=lockstep,
+    )
     _check_ids_against_vocab(mask_token_id, suppress_token_ids, _known_vocab_size(model))
     if eos_token_id is not None:
         _check_token_id("eos_token_id", eos_token_id)
 
     ids, pmask = _prepare_prompts(prompts, attention_mask, pad_token_id)
+    cache_model = block_cache_model(model) if cache is not None else None
+    used_cache = cache if cache_model is not None else None
     decode = dict(
         mask_token_id=mask_token_id,
         gen_length=gen_length,
@@ -686,17 +1013,35 @@ def generate(
         cfg_scale=float(cfg_scale),
         generator=generator,
         suppress_token_ids=suppress_token_ids,
+        threshold=None if threshold is None else float(threshold),
+        max_tokens_per_step=max_tokens_per_step,
+        eos_token_id=eos_token_id if stop_at_eos else None,
+        lockstep=lockstep,
+        cache=used_cache,
+        cache_refresh=cache_refresh,
+        cache_model=cache_model,
     )
     if pmask is None or padding_hidden(model):
-        x, attn, committed = _generate_batch(model, ids, pmask, **decode)
+        x, attn, committed, stats = _generate_batch(model, ids, pmask, **decode)
+        passes, row_passes, row_positions = (
+            stats["forward_passes"], stats["row_forward_passes"], stats["row_query_positions"]
+        )
     else:  # padding-blind model: each group of equal real length runs unpadded
         batch, plen = ids.shape
         tokens = torch.empty((batch, gen_length), dtype=torch.long, device=ids.device)
         committed = torch.empty((batch, steps), dtype=torch.long, device=ids.device)
+        row_passes = torch.zeros(batch, dtype=torch.long, device=ids.device)
+        row_positions = torch.zeros(batch, dtype=torch.long, device=ids.device)
+        passes = 0
         for n, rows in _equal_length_groups(pmask.sum(dim=1)):
-            sub, _, sub_committed = _generate_batch(model, ids[rows, plen - n :], None, **decode)
+            sub, _, sub_committed, stats = _generate_batch(
+                model, ids[rows, plen - n :], None, **decode
+            )
             tokens[rows] = sub[:, n:]
             committed[rows] = sub_committed
+            passes += stats["forward_passes"]
+            row_passes[rows] = stats["row_forward_passes"]
+            row_positions[rows] = stats["row_query_positions"]
         x = torch.cat([ids, tokens], dim=1)
         attn = torch.cat([pmask, torch.ones_like(tokens, dtype=torch.bool)], dim=1)
     tokens = x[:, ids.shape[1] :]
@@ -706,6 +1051,10 @@ def generate(
         committed_per_step=committed,
         canvas=x,
         attention_mask=attn,
+        forward_passes=passes,
+        row_forward_passes=row_passes,
+        row_query_positions=row_positions,
+        cache=used_cache,
     )
 
 
@@ -720,7 +1069,7 @@ def _generate_batch(
     steps: int,
     **sampling: Any,
 ) -> tuple:
-    """One batch of :func:`generate`: ``(canvas [B, P + gen_length], attn mask, committed)``."""
+    """One batch of :func:`generate`: ``(canvas [B, P + gen_length], attn mask, committed, stats)``."""
     batch, plen = ids.shape
     device = ids.device
     x = torch.cat(
@@ -737,7 +1086,7 @@ def _generate_batch(
     blocks = [
         (plen + j * block_length, plen + (j + 1) * block_length) for j in range(num_blocks)
     ]
-    committed = _denoise(
+    committed, stats = _denoise(
         model,
         x,
         attn,
@@ -746,9 +1095,10 @@ def _generate_batch(
         cond_positions=cond_positions,
         fillable=None,
         mask_token_id=mask_token_id,
+        answer_start=plen,
         **sampling,
     )
-    return x, attn, committed
+    return x, attn, committed, stats
 
 
 @torch.no_grad()
@@ -819,7 +1169,7 @@ def infill(
     )
     if attn is None or padding_hidden(model):
         real = torch.ones_like(x, dtype=torch.bool) if attn is None else attn
-        committed = _denoise(
+        committed, _ = _denoise(
             model, x, attn, blocks=[(0, x.shape[1])], cond_positions=(x != mask_token_id) & real,
             fillable=attn, **decode,
         )
@@ -830,7 +1180,7 @@ def infill(
                 continue
             real = attn[rows]
             sub = x[rows][real].view(len(rows), n)
-            committed[rows] = _denoise(
+            committed[rows], _ = _denoise(
                 model, sub, None, blocks=[(0, n)], cond_positions=sub != mask_token_id,
                 fillable=None, **decode,
             )

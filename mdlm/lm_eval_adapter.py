@@ -18,9 +18,10 @@ model_args={"checkpoint": ..., "tokenizer": ...}, tasks=[...])`` works; on the c
   token (BOS, else EOS), in windows of ``max_length`` tokens when it is longer; each later window
   sees up to ``max_length - rolling_chunk`` tokens before it as its (unmasked) prompt.
 * ``generate_until``: :func:`mdlm.generation.generate` (``gen_length``, ``steps``,
-  ``block_length``, ``remasking``; greedy unless the task sets ``do_sample`` with a
-  ``temperature``), cut at EOS and at the first of the task's ``until`` strings. The task's
-  ``max_gen_toks`` is ignored: ``gen_length`` decides (as in LLaDA's adapter).
+  ``block_length``, ``remasking``, and the fast-decoding settings ``threshold``,
+  ``max_tokens_per_step``, ``stop_at_eos``, ``cache``, ``cache_refresh``; greedy unless the task
+  sets ``do_sample`` with a ``temperature``), cut at EOS and at the first of the task's ``until``
+  strings. The task's ``max_gen_toks`` is ignored: ``gen_length`` decides (as in LLaDA's adapter).
 
 Nothing is padded: ``loglikelihood`` and ``is_greedy`` batch only requests of equal prompt and
 continuation lengths, ``generate_until`` only contexts of equal length (and temperature), and the
@@ -111,6 +112,9 @@ class MDLMEvalHarness(LM):
         check_greedy: compute ``is_greedy`` (costs ``L`` forward passes per request).
         gen_length, steps, block_length, remasking: decoding settings of ``generate_until``
             (``steps`` default ``gen_length``; ``block_length`` default ``gen_length``).
+        threshold, max_tokens_per_step, stop_at_eos, cache, cache_refresh: parallel decoding and
+            block caching of ``generate_until`` (see :func:`mdlm.generation.generate`; default
+            off, the exact loop), e.g. ``threshold=0.9,cache=dual,block_length=32,stop_at_eos=True``.
         max_length: longest sequence; default the model's (``max_seq_len``).
         truncation: ``"error"`` or ``"left"`` (drop the oldest context tokens) for too long inputs.
         add_bos_token: put the prefix token (BOS, else EOS) before every context, not only before
@@ -136,6 +140,11 @@ class MDLMEvalHarness(LM):
         steps: int | None = None,
         block_length: int | None = None,
         remasking: str = "low_confidence",
+        threshold: float | None = None,
+        max_tokens_per_step: int | None = None,
+        stop_at_eos: bool = False,
+        cache: str | None = None,
+        cache_refresh: int | None = None,
         max_length: int | None = None,
         truncation: str = "error",
         add_bos_token: bool = False,
@@ -228,10 +237,23 @@ class MDLMEvalHarness(LM):
         self.steps = _as_int(steps, "steps", allow_none=True) or self.gen_length
         self.block_length = _as_int(block_length, "block_length", allow_none=True) or self.gen_length
         self.remasking = remasking
+        if isinstance(threshold, str):
+            try:
+                threshold = float(threshold)
+            except ValueError:
+                raise ValueError(f"threshold={threshold!r} must be a number in [0, 1] or None") from None
+        self.fast_decoding = {
+            "threshold": threshold,
+            "max_tokens_per_step": _as_int(max_tokens_per_step, "max_tokens_per_step", allow_none=True),
+            "stop_at_eos": _as_bool(stop_at_eos, "stop_at_eos"),
+            "cache": None if cache in (None, "", "none", "None") else cache,
+            "cache_refresh": _as_int(cache_refresh, "cache_refresh", allow_none=True),
+        }
         from mdlm.generation import GenerationConfig
 
         GenerationConfig(  # validates the decoding settings now, not at the first request
-            gen_length=self.gen_length, steps=self.steps, block_length=self.block_length, remasking=remasking
+            gen_length=self.gen_length, steps=self.steps, block_length=self.block_length, remasking=remasking,
+            **self.fast_decoding,
         )
         chunk = _as_int(rolling_chunk, "rolling_chunk", allow_none=True)
         self.rolling_chunk = chunk if chunk is not None else max(1, self.max_length // 2)
@@ -409,6 +431,7 @@ class MDLMEvalHarness(LM):
                     eos_token_id=self.eos_token_id,
                     generator=generator,
                     suppress_token_ids=[t for t in self.suppress_token_ids if t != self.mask_token_id],
+                    **self.fast_decoding,
                 )
                 for n, seq in zip(chunk, result.sequences):
                     out[n] = self._cut(self.tokenizer.decode(seq.tolist(), skip_special_tokens=False), prepared[n][1])

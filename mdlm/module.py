@@ -522,7 +522,10 @@ class MaskedDiffusionLM(LightningModule):
             **self.generation_config.generate_kwargs(),
         )
         ids, mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
-        rows = self._lockstep_rows(ids.shape[0]) if not self.padding_hidden else None
+        sharded = self._sharded_ranks()
+        if sharded:  # sharded forwards are collective: every rank makes the same number of model calls
+            kwargs["lockstep"] = True
+        rows = self._lockstep_rows(ids.shape[0]) if sharded and not self.padding_hidden else None
         if rows is None:
             sequences = generate(self, ids, attention_mask=mask, **kwargs).sequences
         else:
@@ -554,16 +557,21 @@ class MaskedDiffusionLM(LightningModule):
             )
         return records
 
-    def _lockstep_rows(self, batch_rows: int) -> int | None:
-        """For a padding-blind backbone under a sharded strategy: the largest batch over the ranks (each
-        rank then generates that many single prompts, repeating its last one); None when not sharded."""
+    def _sharded_ranks(self) -> bool:
+        """True under a sharded strategy (FSDP/FSDP2) with more than one rank: forward passes are collective."""
         import torch.distributed as dist
 
         from mdlm.parallel import is_sharded
 
-        sharded = any(is_sharded(m) for m in self.backbone.modules()) or type(self.trainer.strategy).__name__.startswith("FSDP")
-        if not (sharded and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-            return None
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        sharded = any(is_sharded(m) for m in self.backbone.modules()) or type(strategy).__name__.startswith("FSDP")
+        return bool(sharded and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1)
+
+    def _lockstep_rows(self, batch_rows: int) -> int:
+        """The largest generation batch over the ranks: a padding-blind backbone then generates that many
+        single prompts on every rank (repeating its last one)."""
+        import torch.distributed as dist
+
         rows = torch.tensor([batch_rows], device=self.device)
         dist.all_reduce(rows, op=dist.ReduceOp.MAX)
         return int(rows.item())

@@ -344,3 +344,24 @@ def test_padding_blind_model_results_do_not_depend_on_other_lengths(lm):
     lls = [_req("loglikelihood", (c, " blue"), i) for i, c in enumerate(contexts)]
     assert harness.loglikelihood(lls) == [harness.loglikelihood([r])[0] for r in lls]
     assert blind.masks and not any(blind.masks)
+
+
+def test_generate_until_with_fast_decoding(assets, lm):
+    """Threshold 1, early stop at EOS and a cache rebuilt every step are exact for this model:
+    the same texts as the exact loop; Fast-dLLM's settings (strings as from the command line) run."""
+    ckpt, tok, _ = assets
+    requests = [_req("generate_until", (q["question"], {"until": ["Q:"]})) for q in QUESTIONS]
+    reference = lm.generate_until(requests)
+    exactish = MDLMEvalHarness(checkpoint=str(ckpt), tokenizer=str(tok), mc_num=8, batch_size=16, gen_length=8,
+                               steps=8, block_length=4, threshold=1.0, stop_at_eos=True, cache="dual", cache_refresh=1)
+    blocks = MDLMEvalHarness(checkpoint=str(ckpt), tokenizer=str(tok), mc_num=8, batch_size=16, gen_length=8,
+                             steps=8, block_length=4)
+    assert exactish.generate_until(requests) == blocks.generate_until(requests)
+    fast = MDLMEvalHarness(checkpoint=str(ckpt), tokenizer=str(tok), mc_num=8, gen_length=8, steps=8,
+                           block_length=4, threshold="0.9", stop_at_eos="true", cache="dual", max_tokens_per_step="4")
+    assert fast.fast_decoding == {"threshold": 0.9, "max_tokens_per_step": 4, "stop_at_eos": True, "cache": "dual",
+                                  "cache_refresh": None}
+    out = fast.generate_until(requests)
+    assert len(out) == len(reference) and all(isinstance(t, str) and "[MASK]" not in t for t in out)
+    with pytest.raises(ValueError, match=r"cache='full' is not a known cache mode"):
+        MDLMEvalHarness(checkpoint=str(ckpt), tokenizer=str(tok), gen_length=8, cache="full")

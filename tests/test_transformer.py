@@ -86,3 +86,78 @@ def test_left_padding_does_not_change_real_positions(positional):
     mask = torch.tensor([[False] * 3 + [True] * 5])
     out = model(padded, attention_mask=mask)
     assert torch.allclose(out[0, 3:], alone[0], atol=1e-5)
+
+
+# ------------------------------------------------------------------ block KV cache
+def _canvas(vocab: int, mask_id: int):
+    """Two left-padded rows: prompt, a half-decoded current block [10, 16), a masked suffix."""
+    gen = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, vocab - 1, (2, 24), generator=gen)
+    ids[:, 13:] = mask_id
+    ids[0, 14] = 5  # a committed token inside the block
+    attn = torch.ones(2, 24, dtype=torch.bool)
+    attn[1, :3] = False
+    return ids, attn
+
+
+@pytest.mark.parametrize("positional", ["rotary", "learned"])
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+def test_block_cache_span_forward_equals_full_forward(positional, mode):
+    """Keys/values from the same canvas state: the cached forward of the current block (dual) or
+    of the block and everything after it (prefix) gives the full forward's logits there."""
+    from mdlm.models.kv_cache import KVCache
+
+    torch.manual_seed(0)
+    model = Transformer(vocab_size=17, positional=positional, max_seq_len=32).eval()
+    ids, attn = _canvas(17, 16)
+    start, end = 10, 16
+    with torch.no_grad():
+        cache = KVCache()
+        full = model(ids, attention_mask=attn, kv_cache=cache)
+        assert torch.equal(full, model(ids, attention_mask=attn))  # recording changes nothing
+        assert cache.length == 24 and len(cache.keys) == model.n_layer
+        hi = end if mode == "dual" else 24
+        if mode == "prefix":
+            cache.crop(start)
+        span = model(ids[:, start:hi], attention_mask=attn, kv_cache=cache, kv_start=start)
+    assert span.shape == (2, hi - start, 17)
+    torch.testing.assert_close(span, full[:, start:hi], rtol=0, atol=1e-5)
+
+
+def test_block_cache_is_used_when_stale():
+    """A cache from an earlier state (block fully masked) gives other logits than the full forward
+    of the current state, and equal ones to the full forward of a canvas whose keys/values outside
+    the span are the stale ones — i.e. the cache, not the tokens, supplies them."""
+    from mdlm.models.kv_cache import KVCache
+
+    torch.manual_seed(0)
+    model = Transformer(vocab_size=17, max_seq_len=32).eval()
+    ids, attn = _canvas(17, 16)
+    earlier = ids.clone()
+    earlier[:, 10:16] = 16
+    with torch.no_grad():
+        cache = KVCache()
+        model(earlier, attention_mask=attn, kv_cache=cache)
+        stale = model(ids[:, 10:16], attention_mask=attn, kv_cache=cache, kv_start=10)
+        exact = model(ids, attention_mask=attn)[:, 10:16]
+        again = model(earlier[:, 10:16], attention_mask=attn, kv_cache=cache, kv_start=10)
+        assert not torch.allclose(stale, exact, atol=1e-4)
+        torch.testing.assert_close(again, model(earlier, attention_mask=attn)[:, 10:16], rtol=0, atol=1e-5)
+
+
+def test_block_cache_errors():
+    from mdlm.models.kv_cache import KVCache
+
+    model = Transformer(vocab_size=17, max_seq_len=32).eval()
+    ids = torch.randint(0, 16, (2, 12))
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="kv_start needs a kv_cache"):
+            model(ids[:, 4:], kv_start=4)
+        cache = KVCache()
+        model(ids, kv_cache=cache)
+        with pytest.raises(ValueError, match=r"kv_start=13 must lie in \[0, 12\]"):
+            model(ids[:, :2], kv_cache=cache, kv_start=13)
+        with pytest.raises(ValueError, match=r"the KV cache has batch size 2 but input_ids have 1 rows"):
+            model(ids[:1, 4:8], kv_cache=cache, kv_start=4)
+        with pytest.raises(ValueError, match=r"attention_mask has shape \(2, 4\); it must cover the whole canvas \[2, 12\]"):
+            model(ids[:, 4:8], attention_mask=torch.ones(2, 4, dtype=torch.bool), kv_cache=cache, kv_start=4)

@@ -25,6 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mdlm.models.kv_cache import KVCache
+
 PRESETS: dict[str, dict[str, int]] = {
     "tiny": {"n_layer": 2, "n_head": 4, "d_model": 128},
     "small": {"n_layer": 4, "n_head": 4, "d_model": 256},
@@ -62,12 +64,25 @@ class SelfAttention(nn.Module):
         self.dropout = dropout
         self.rotary = rotary
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, attn_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        attn_mask: torch.Tensor | None,
+        kv_cache: KVCache | None = None,
+        layer: int = 0,
+        kv_start: int | None = None,
+    ) -> torch.Tensor:
         B, L, D = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
         if rope is not None:
             cos, sin = rope
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if kv_cache is not None:
+            if kv_start is None:  # full forward: record this layer's keys/values
+                kv_cache.store(layer, k, v)
+            else:  # span forward: the other positions' keys/values come from the cache
+                k, v = kv_cache.span(layer, kv_start, k, v)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0, is_causal=False
         )
@@ -103,8 +118,8 @@ class TransformerBlock(nn.Module):
         self.norm2 = make_norm(norm, d_model)
         self.mlp = MLP(d_model, int(mlp_ratio * d_model), dropout)
 
-    def forward(self, x: torch.Tensor, rope=None, attn_mask=None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), rope, attn_mask)
+    def forward(self, x: torch.Tensor, rope=None, attn_mask=None, kv_cache=None, layer: int = 0, kv_start=None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), rope, attn_mask, kv_cache, layer, kv_start)
         return x + self.mlp(self.norm2(x))
 
 
@@ -117,7 +132,12 @@ class Transformer(nn.Module):
         positional: ``rotary`` or ``learned`` absolute position embeddings.
         max_seq_len: longest sequence (size of the position tables).
         attention_mask: True marks real tokens; padded keys are hidden from every query.
+
+    ``supports_block_cache = True``: :func:`mdlm.generation.generate` can decode with a block KV cache
+    (``kv_cache``/``kv_start`` of :meth:`forward`, see :mod:`mdlm.models.kv_cache`).
     """
+
+    supports_block_cache = True
 
     def __init__(
         self,
@@ -180,25 +200,62 @@ class Transformer(nn.Module):
                 n -= self.pos_emb.weight.numel()
         return n
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        kv_cache: KVCache | None = None,
+        kv_start: int | None = None,
+    ) -> torch.Tensor:
+        """Logits ``[B, L, V]``; with ``kv_cache``, block-cached decoding (:mod:`mdlm.models.kv_cache`).
+
+        ``kv_cache`` given, ``kv_start`` None: a full forward that also (re)fills ``kv_cache`` with
+        every layer's keys/values. ``kv_start=s``: ``input_ids [B, n]`` are the tokens at canvas
+        positions ``[s, s+n)``; keys/values of positions ``[0, s)`` and ``[s+n, kv_cache.length)``
+        come from the cache, those of the span are computed; returns logits ``[B, n, V]``.
+        ``attention_mask`` always covers the whole canvas ``[B, max(kv_cache.length, s+n)]``.
+        """
         B, L = input_ids.shape
-        if L > self.max_seq_len:
-            raise ValueError(f"sequence length {L} exceeds max_seq_len={self.max_seq_len}")
+        start = 0
+        total = L
+        if kv_start is not None:
+            if kv_cache is None:
+                raise ValueError("kv_start needs a kv_cache filled by a full forward")
+            start = int(kv_start)
+            if not 0 <= start <= kv_cache.length:
+                raise ValueError(f"kv_start={start} must lie in [0, {kv_cache.length}] (the cached positions)")
+            if kv_cache.batch_size != B:
+                raise ValueError(f"the KV cache has batch size {kv_cache.batch_size} but input_ids have {B} rows")
+            total = max(kv_cache.length, start + L)
+        elif kv_cache is not None:
+            kv_cache.clear()
+        if total > self.max_seq_len:
+            raise ValueError(f"sequence length {total} exceeds max_seq_len={self.max_seq_len}")
+        if attention_mask is not None and attention_mask.shape != (B, total):
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}; it must cover the whole canvas [{B}, {total}]"
+            )
         x = self.tok_emb(input_ids)
         rope = None
         if self.pos_emb is not None:
             if attention_mask is not None:
                 # left padding: real tokens count positions from 0 (pads take position 0, hidden anyway)
-                positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+                positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, start : start + L]
             else:
-                positions = torch.arange(L, device=input_ids.device)
+                positions = torch.arange(start, start + L, device=input_ids.device)
             x = x + self.pos_emb(positions)
         else:
-            rope = rotary_tables(L, self.head_dim, device=input_ids.device)
+            cos, sin = rotary_tables(total, self.head_dim, device=input_ids.device)
+            rope = (cos[start : start + L], sin[start : start + L])
         x = self.drop(x)
         mask = None
         if attention_mask is not None:
-            mask = attention_mask.bool()[:, None, None, :]  # [B, 1, 1, L]: keys
-        for block in self.blocks:
-            x = block(x, rope, mask)
+            mask = attention_mask.bool()[:, None, None, :]  # [B, 1, 1, total]: keys
+        if kv_cache is None:
+            for block in self.blocks:
+                x = block(x, rope, mask)
+        else:
+            for layer, block in enumerate(self.blocks):
+                x = block(x, rope, mask, kv_cache=kv_cache, layer=layer, kv_start=kv_start)
         return self.lm_head(self.norm_f(x))
