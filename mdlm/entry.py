@@ -1,6 +1,7 @@
 """The ``mdlm`` console script's entry point: ``mdlm``/``mdlm --help`` answer at once (no Lightning import).
 
-Everything else goes to :func:`mdlm.cli.main` (the LightningCLI); ``mdlm fit --help`` is its full help.
+``mdlm export ...`` goes to :func:`mdlm.export.main`; everything else to :func:`mdlm.cli.main` (the
+LightningCLI); ``mdlm fit --help`` is its full help.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from pathlib import Path
 
 USAGE = """\
 usage: mdlm {fit,validate,test,predict} --config CONFIG.yaml [--config OVERRIDES.yaml ...] [--key.sub=value ...]
+       mdlm export --ckpt_path CKPT --out DIR [--weights auto|ema|raw] [--config CONFIG.yaml]
 
 Masked diffusion language models on PyTorch Lightning (Huang & Mirzasoleiman, ICML 2026).
 
@@ -18,6 +20,8 @@ subcommands:
   validate   the full-range NELBO bound of a checkpoint (--ckpt_path ...)
   test       NELBO, or generated answers scored (SFT configs) (--ckpt_path ...)
   predict    generations to <run folder>/predictions.jsonl (--ckpt_path ...)
+  export     a checkpoint as a Hugging Face folder (safetensors, config, tokenizer, modeling code;
+             docs/export.md); mdlm export --help
 
   mdlm fit --help                  every option (model, data, trainer, sampler)
   mdlm fit --config C --print_config   the resolved config
@@ -48,6 +52,11 @@ def main() -> None:
     if args in ([], ["-h"], ["--help"]):
         print(help_text(), end="")
         raise SystemExit(0)
+    if args[0] == "export":
+        from mdlm.export import main as export_main
+
+        export_main(args[1:])
+        return
     from mdlm.cli import main as cli_main
 
     cli_main()

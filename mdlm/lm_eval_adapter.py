@@ -7,6 +7,11 @@ model_args={"checkpoint": ..., "tokenizer": ...}, tasks=[...])`` works; on the c
         --model_args checkpoint=runs/x/version_0/checkpoints/last.ckpt,tokenizer=path/to/tokenizer,mc_num=128 \\
         --tasks hellaswag --batch_size 32
 
+or a folder written by ``mdlm export`` (weights, config with ``mask_token_id``, tokenizer; mdlm's own
+Transformer ships its modeling code, hence ``trust_remote_code``)::
+
+    mdlm-lm-eval --model mdlm --model_args pretrained=examples/parity_md,trust_remote_code=True,mc_num=32 ...
+
 * ``loglikelihood``: the Monte Carlo ELBO of :func:`mdlm.likelihood.estimate_log_likelihoods`
   (``mc_num`` draws, ``batch_size`` sequences per forward pass), and ``is_greedy`` from
   :func:`mdlm.likelihood.greedy_matches` (``check_greedy=False`` skips it and reports False, as
@@ -102,8 +107,13 @@ class MDLMEvalHarness(LM):
             ``weights_only=False``: it holds the backbone factory).
         tokenizer: tokenizer folder (or hub name, or a tokenizer object). Without ``mask_token_id`` it
             is loaded as in training, with :func:`mdlm.data.tokenizer.load_tokenizer` (``[MASK]`` added
-            when missing); with it, by ``AutoTokenizer`` as it is.
+            when missing); with it, by ``AutoTokenizer`` as it is. Default with ``pretrained``: that folder.
         model: instead of ``checkpoint``, a model object (``model(ids) -> logits``) — for Python use.
+        pretrained: instead of ``checkpoint``, a folder written by ``mdlm export`` (or any transformers
+            folder whose ``config.json`` has ``mask_token_id``), loaded with :func:`mdlm.export.load_exported`;
+            its ``mask_token_id`` is the default of ``mask_token_id``.
+        trust_remote_code: with ``pretrained``, allow the folder's own modeling code (``mdlm export`` of
+            mdlm's Transformer ships ``modeling_mdlm.py``; LLaDA ships its own). Default False.
         mask_token_id: the ``[MASK]`` id; default the tokenizer's, which must equal the model's.
         mc_num: Monte Carlo draws per ``loglikelihood`` request (LLaDA: 128).
         batch_size: sequences per forward pass (the harness' ``--batch_size``).
@@ -130,6 +140,8 @@ class MDLMEvalHarness(LM):
         tokenizer: Any = None,
         *,
         model: Any = None,
+        pretrained: str | None = None,
+        trust_remote_code: bool | str = False,
         mask_token_id: int | None = None,
         mc_num: int = 128,
         batch_size: int | str = 32,
@@ -157,8 +169,13 @@ class MDLMEvalHarness(LM):
         super().__init__()
         if kwargs:
             warnings.warn(f"mdlm lm-eval adapter ignores unknown arguments {sorted(kwargs)}", UserWarning, stacklevel=2)
-        if (checkpoint is None) == (model is None):
-            raise ValueError("pass exactly one of checkpoint=<path to a MaskedDiffusionLM .ckpt> or model=<module>")
+        if sum(x is not None for x in (checkpoint, model, pretrained)) != 1:
+            raise ValueError(
+                "pass exactly one of checkpoint=<path to a MaskedDiffusionLM .ckpt>, pretrained=<folder of mdlm export> "
+                "or model=<module>"
+            )
+        if pretrained is not None and tokenizer is None:
+            tokenizer = str(pretrained)  # mdlm export saves the run's tokenizer beside the weights
         if tokenizer is None:
             raise ValueError("tokenizer=<tokenizer folder> is required (the checkpoint holds no tokenizer)")
         if isinstance(batch_size, str) and batch_size.startswith("auto"):
@@ -185,6 +202,18 @@ class MDLMEvalHarness(LM):
             from mdlm.module import MaskedDiffusionLM
 
             model = MaskedDiffusionLM.load_from_checkpoint(str(checkpoint), map_location="cpu", weights_only=False)
+        elif pretrained is not None:
+            from mdlm.export import load_exported
+
+            trust = _as_bool(trust_remote_code, "trust_remote_code")
+            model = load_exported(str(pretrained), trust_remote_code=trust)
+            if mask_token_id is None:  # the exported config's id; the tokenizer is then loaded as it is
+                mask_token_id = model.mask_token_id
+            if isinstance(tokenizer, (str, bytes)) or hasattr(tokenizer, "__fspath__"):
+                from transformers import AutoTokenizer
+
+                # transformers reads the folder's config.json too: its auto_map needs the same trust
+                tokenizer = AutoTokenizer.from_pretrained(str(tokenizer), trust_remote_code=trust)
         self.model = model.to(device=self._device, dtype=_DTYPES[dtype]).eval()
         model_mask = getattr(model, "mask_token_id", None)
 
