@@ -1,0 +1,1 @@
+"""One-off experiments (offline probes); not part of the installed package."""
