@@ -12,6 +12,7 @@ from pathlib import Path
 USAGE = """\
 usage: mdlm {fit,validate,test,predict} --config CONFIG.yaml [--config OVERRIDES.yaml ...] [--key.sub=value ...]
        mdlm export --ckpt_path CKPT --out DIR [--weights auto|ema|raw] [--config CONFIG.yaml]
+       mdlm prepare --config CONFIG.yaml --output_dir DIR|s3://... [--num_workers N]
 
 Masked diffusion language models on PyTorch Lightning (Huang & Mirzasoleiman, ICML 2026).
 
@@ -20,6 +21,8 @@ subcommands:
   validate   the full-range NELBO bound of a checkpoint (--ckpt_path ...)
   test       NELBO, or generated answers scored (SFT configs) (--ckpt_path ...)
   predict    generations to <run folder>/predictions.jsonl (--ckpt_path ...)
+  prepare    tokenize a corpus once with litdata (N workers, several nodes, local or s3://); train from it
+             with --data.init_args.prepared (docs/data_at_scale.md)
   export     a checkpoint as a Hugging Face folder (safetensors, config, tokenizer, modeling code;
              docs/export.md); mdlm export --help
 
@@ -52,6 +55,10 @@ def main() -> None:
     if args in ([], ["-h"], ["--help"]):
         print(help_text(), end="")
         raise SystemExit(0)
+    if args[0] == "prepare":
+        from mdlm.data.prepare import main as prepare_main
+
+        raise SystemExit(prepare_main(args[1:]))
     if args[0] == "export":
         from mdlm.export import main as export_main
 

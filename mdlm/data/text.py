@@ -26,7 +26,7 @@ A build writes into ``.build-*`` (litdata's scratch folders ``DATA_OPTIMIZER_CAC
 to ``<split>-<key16>`` only when complete, so an interrupted run never leaves a half cache (a killed
 run leaves a ``.build-*`` folder that is never read and may be deleted).
 
-Tokens are stored as ``uint16`` when ``len(tokenizer) <= 65536`` (else ``uint32``) and cast to
+Tokens are stored as ``uint16`` when ``len(tokenizer) <= 65536`` (else ``int32``) and cast to
 ``torch.long`` by the collate function. Every chunk holds exactly ``chunk_tokens`` tokens (the last
 one fewer); ``TokensLoader`` cuts blocks inside a chunk, so nothing is lost at chunk borders when
 ``block_length`` divides ``chunk_tokens`` (the default 6,451,200 = 2^12·3^2·5^2·7 is divisible by
@@ -45,6 +45,19 @@ Reading
 
 Batches: ``{"input_ids": LongTensor[B, L], "index": LongTensor[B]}``, where ``index`` is the
 global block index (stable across ranks and workers; evaluation randomness can be keyed on it).
+
+Prepared datasets
+-----------------
+``prepared={"train": DIR_OR_URL, ...}`` reads a split from a dataset written once by
+:mod:`mdlm.data.prepare` (``python -m mdlm.data.prepare``; many workers and nodes, local folder or
+``s3://``/``gs://`` URL; ``storage_options`` such as ``endpoint_url`` reach litdata). Such a split
+is never tokenized nor cached per node: its ``mdlm_prepared.json`` manifest is checked against this
+run's tokenizer (fingerprint), EOS id and, when the split's source is configured too, the source
+identity, and a mismatch is refused with one line. Streaming is rank-aware (the dataset is built in
+the dataloader hooks) and the train loader's state (saved by Lightning in checkpoints) resumes the
+exact sample sequence; a resume with another world size, worker count or batch size is refused
+(``resume_topology="strict"``, default) or restriped by litdata without duplicates
+(``"elastic"``; the order then differs from an uninterrupted run).
 """
 
 from __future__ import annotations
@@ -79,13 +92,28 @@ from mdlm.data.tokenizer import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CHUNK_TOKENS", "BlockDataset", "DataError", "SplitSource", "TextDataModule", "collate_blocks", "default_cache_dir"]
+__all__ = [
+    "CHUNK_TOKENS",
+    "PREPARED_FILE",
+    "BlockDataset",
+    "DataError",
+    "SplitSource",
+    "TextDataModule",
+    "collate_blocks",
+    "default_cache_dir",
+    "read_prepared_manifest",
+    "token_dtype_for",
+]
 
 SPLITS = ("train", "val", "test")
 #: tokens per litdata chunk: 2^12 * 3^2 * 5^2 * 7, divisible by the usual block lengths.
 CHUNK_TOKENS = 6_451_200
 CACHE_FORMAT = 1
 META_FILE = "mdlm_meta.json"
+#: manifest of a prepared dataset (beside litdata's index.json), see mdlm.data.prepare
+PREPARED_FILE = "mdlm_prepared.json"
+PREPARED_FORMAT = 1
+REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "r2://", "azure://", "az://", "abfs://", "hf://")
 TEXT_SUFFIXES_JSONL = (".jsonl", ".json")
 TEXT_SUFFIXES_PARQUET = (".parquet",)
 _TOKENIZE_BATCH = 256
@@ -94,6 +122,74 @@ _STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",
 
 class DataError(ValueError):
     """Bad data configuration or input (one-line message naming what is wrong)."""
+
+
+def token_dtype_for(vocab_size: int) -> str:
+    """``uint16`` when every id fits (ids up to 65,535), else ``int32`` (torch has few uint32 ops)."""
+    return "uint16" if vocab_size <= 1 << 16 else "int32"
+
+
+def is_remote(path: str) -> bool:
+    return str(path).startswith(REMOTE_SCHEMES)
+
+
+def enable_http_endpoint(storage_options: dict[str, Any] | None) -> None:
+    """Let litdata's obstore client talk to a plain-``http://`` S3 endpoint (MinIO, moto, ...).
+
+    litdata 0.2.7x builds obstore ``S3Store`` clients without ``allow_http``, so uploads and chunk
+    downloads to an ``http://`` ``endpoint_url`` fail with "HTTP error: builder error"; boto3 (index
+    files) works. Called before any obstore client exists (forked workers inherit it).
+    """
+    endpoint = str((storage_options or {}).get("endpoint_url") or "")
+    if not endpoint.startswith("http://"):
+        return
+    try:
+        from litdata.streaming import downloader
+    except ImportError:  # pragma: no cover
+        return
+    options = getattr(downloader, "_OBSTORE_CLIENT_OPTIONS", None)
+    if isinstance(options, dict):
+        options["allow_http"] = "true"
+
+
+def fetch_small_file(url: str, dest: Path, storage_options: dict[str, Any] | None) -> Path:
+    """Copy ``url`` (a local path or an object-store URL) to ``dest``; one-line error when absent."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if not is_remote(url):
+        src = Path(url).expanduser()
+        if not src.is_file():
+            raise DataError(f"{src} does not exist")
+        return src
+    from litdata.streaming.fs_provider import _get_fs_provider
+
+    enable_http_endpoint(storage_options)
+    provider = _get_fs_provider(url, dict(storage_options or {}))
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}-{uuid.uuid4().hex[:6]}")
+    try:
+        provider.download_file(url, str(tmp))
+    except Exception as err:  # noqa: BLE001 - missing object, no credentials, unreachable endpoint
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"could not read {url}: {type(err).__name__}: {_one_line(err, 160)}") from err
+    os.replace(tmp, dest)
+    return dest
+
+
+def read_prepared_manifest(location: str, storage_options: dict[str, Any] | None = None, scratch: Path | None = None) -> dict[str, Any]:
+    """The ``mdlm_prepared.json`` of a prepared split (local folder or URL)."""
+    scratch = scratch or default_cache_dir() / "prepared"
+    key = hashlib.sha256(str(location).encode()).hexdigest()[:16]
+    url = str(location).rstrip("/") + "/" + PREPARED_FILE
+    try:
+        path = fetch_small_file(url, scratch / key / PREPARED_FILE, storage_options)
+    except DataError as err:
+        raise DataError(
+            f"{location} is not a prepared mdlm dataset (no {PREPARED_FILE}: {err}); "
+            "write one with: python -m mdlm.data.prepare --config CONFIG --output_dir DIR"
+        ) from err
+    manifest = json.loads(Path(path).read_text())
+    if manifest.get("format") != PREPARED_FORMAT:
+        raise DataError(f"{location}: prepared format {manifest.get('format')!r} is not {PREPARED_FORMAT}; prepare it again")
+    return manifest
 
 
 def default_cache_dir() -> Path:
@@ -325,6 +421,38 @@ class BlockDataset(StreamingDataset):
         return item  # slices / keys: plain items
 
 
+class BlockLoader(StreamingDataLoader):
+    """StreamingDataLoader that refuses a resume litdata cannot continue exactly (one line).
+
+    litdata replays the exact sample sequence when world size, workers and batch size are unchanged;
+    otherwise it restripes the rest of the epoch ("elastic" resume: no duplicates, another order).
+    With ``resume_topology="strict"`` that change is an error instead.
+    """
+
+    def __init__(self, *args: Any, resume_topology: str = "strict", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.resume_topology = resume_topology
+
+    def load_state_dict(self, obj: dict[str, Any]) -> None:
+        state = obj.get("dataset", {}) if isinstance(obj, dict) else {}
+        if self.resume_topology == "strict" and state:
+            env = self.dataset.distributed_env
+            now = {"world_size": int(env.world_size), "num_workers": max(self.num_workers, 1), "batch_size": int(self.batch_size or 0)}
+            then = {k: int(state.get(k, now[k]) or 1) for k in now}
+            if then != now:
+                diff = ", ".join(f"{k} {then[k]} -> {now[k]}" for k in now if then[k] != now[k])
+                raise DataError(
+                    f"cannot resume the train stream exactly: the checkpoint was written with "
+                    f"world_size={then['world_size']}, num_workers={then['num_workers']}, batch_size={then['batch_size']} "
+                    f"({diff}); resume with the same devices x nodes, data.num_workers and batch_size, "
+                    "or set data.resume_topology=elastic (litdata restripes the rest of the epoch: no duplicates, another order)"
+                )
+        for key, mine in (("seed", getattr(self.dataset, "seed", None)), ("shuffle", getattr(self.dataset, "shuffle", None))):
+            if state and key in state and mine is not None and state[key] != mine:
+                raise DataError(f"cannot resume the train stream: the checkpoint's {key}={state[key]!r} differs from this run's {mine!r}")
+        super().load_state_dict(obj)
+
+
 class _StreamSlicer:
     """optimize() fn: chunk ``i`` of the token stream file (exactly ``chunk_tokens`` tokens)."""
 
@@ -383,6 +511,12 @@ class TextDataModule(LightningDataModule):
         cache_dir: token cache root (default ``$MDLM_CACHE_DIR`` or ``~/.cache/mdlm``).
         seed: training shuffle seed.
         chunk_tokens: tokens per litdata chunk (advanced; part of the cache key).
+        prepared: split -> a dataset written by ``python -m mdlm.data.prepare`` (local folder or
+            ``s3://...`` URL). Those splits are streamed from there (no tokenization, no per-node
+            cache); their sources may be omitted.
+        storage_options: litdata/boto3 options for remote ``prepared`` URLs (``endpoint_url``, ...).
+        resume_topology: ``"strict"`` refuses resuming the train stream with another world size,
+            worker count or batch size; ``"elastic"`` lets litdata restripe (no duplicates, other order).
 
     After ``__init__``: ``tokenizer``, ``vocab_size`` (``len(tokenizer)``), ``mask_token_id``,
     ``pad_token_id``, ``eos_token_id``.
@@ -411,6 +545,9 @@ class TextDataModule(LightningDataModule):
         cache_dir: str | None = None,
         seed: int = 42,
         chunk_tokens: int = CHUNK_TOKENS,
+        prepared: dict[str, str] | None = None,
+        storage_options: dict[str, Any] | None = None,
+        resume_topology: str = "strict",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -424,6 +561,15 @@ class TextDataModule(LightningDataModule):
             raise DataError(f"num_workers={num_workers} must be >= 0")
         if chunk_tokens < 1:
             raise DataError(f"chunk_tokens={chunk_tokens} must be >= 1")
+        if resume_topology not in ("strict", "elastic"):
+            raise DataError(f"resume_topology={resume_topology!r} must be 'strict' or 'elastic'")
+        prepared = {k: str(v) for k, v in (prepared or {}).items() if v}
+        unknown = set(prepared) - set(SPLITS)
+        if unknown:
+            raise DataError(f"prepared keys must be among {', '.join(SPLITS)}; got {', '.join(sorted(unknown))}")
+        self.prepared: dict[str, str] = prepared
+        self.storage_options: dict[str, Any] = dict(storage_options or {})
+        self.resume_topology = resume_topology
         self.block_length = int(block_length)
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
@@ -439,8 +585,8 @@ class TextDataModule(LightningDataModule):
             text_column,
             documents,
         )
-        if not self.sources:
-            raise DataError("no data: give train_files/val_files/test_files or hf_path")
+        if not self.sources and not self.prepared:
+            raise DataError("no data: give train_files/val_files/test_files, hf_path or prepared")
 
         self.tokenizer = self._resolve_tokenizer(tokenizer, add_mask_token, add_pad_token)
         self.vocab_size: int = len(self.tokenizer)
@@ -455,10 +601,11 @@ class TextDataModule(LightningDataModule):
                 "use a tokenizer that defines eos_token"
             )
         self.eos_token_id: int | None = int(eos)
-        self.token_dtype = "uint16" if self.vocab_size <= 1 << 16 else "uint32"
+        self.token_dtype = token_dtype_for(self.vocab_size)
         self._tokenizer_fp = tokenizer_fingerprint(self.tokenizer)
-        self._cache_paths: dict[str, Path] = {}
+        self._cache_paths: dict[str, Any] = {}
         self._meta: dict[str, dict[str, Any]] = {}
+        self._dims: dict[str, list[int]] = {}
 
     # ------------------------------------------------------------------ construction helpers
     def _make_sources(
@@ -508,7 +655,11 @@ class TextDataModule(LightningDataModule):
             return load_tokenizer(spec, add_mask_token=add_mask_token, add_pad_token=add_pad_token)
         train = self.sources.get("train")
         if train is None:
-            raise TokenizerError(f"tokenizer {spec!r} is trained on the train split, but no train split was given")
+            hint = (
+                "; with a prepared dataset pass the tokenizer folder it was made with (<output_dir>/tokenizer)"
+                if self.prepared else ""
+            )
+            raise TokenizerError(f"tokenizer {spec!r} is trained on the train split, but no train split was given{hint}")
         ident = json.dumps({"bpe": vocab, "source": train.identity(), "min_frequency": 2}, sort_keys=True)
         key = hashlib.sha256(ident.encode()).hexdigest()[:16]
         folder = self.cache_dir / "tokenizers" / f"bpe-{vocab}-{key}"
@@ -535,6 +686,10 @@ class TextDataModule(LightningDataModule):
         """Folder of ``split``'s litdata token cache (it may not exist yet)."""
         return self.cache_dir / "tokens" / f"{split}-{self.cache_key(split)[:16]}"
 
+    def splits(self) -> tuple[str, ...]:
+        """The configured splits (from sources or prepared datasets), in train/val/test order."""
+        return tuple(s for s in SPLITS if s in self.sources or s in self.prepared)
+
     def _source(self, split: str) -> SplitSource:
         if split not in SPLITS:
             raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
@@ -545,7 +700,8 @@ class TextDataModule(LightningDataModule):
     def prepare_data(self) -> None:
         """Tokenize every configured split into its litdata cache (skipped when cached)."""
         for split in self.sources:
-            self._ensure_cache(split)
+            if split not in self.prepared:  # prepared splits are never tokenized here
+                self._ensure_cache(split)
 
     def _ensure_cache(self, split: str) -> Path:
         final = self.cache_path(split)
@@ -641,19 +797,21 @@ class TextDataModule(LightningDataModule):
         """Locate (or, outside a multi-process run, build) the caches needed by ``stage``."""
         splits = _STAGE_SPLITS.get(stage, SPLITS) if stage else SPLITS
         for split in splits:
-            if split in self.sources:
+            if split in self.sources or split in self.prepared:
                 self._locate(split)
 
-    def _locate(self, split: str) -> Path:
+    def _locate(self, split: str) -> Any:
         if split in self._cache_paths:
             return self._cache_paths[split]
+        if split in self.prepared:
+            return self._locate_prepared(split)
         path = self.cache_path(split)
         if not (path / META_FILE).is_file():
             if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
                 raise DataError(
                     f"the {split} token cache {path} is missing: prepare_data() must run first "
                     "(Lightning runs it on local rank 0; with several nodes and no shared cache_dir set "
-                    "prepare_data_per_node=True)"
+                    "prepare_data_per_node=True, or tokenize once with python -m mdlm.data.prepare and set data.prepared)"
                 )
             path = self._ensure_cache(split)
         meta = json.loads((path / META_FILE).read_text())
@@ -665,6 +823,7 @@ class TextDataModule(LightningDataModule):
             )
         index = json.loads((path / "index.json").read_text())
         dims = [int(c["dim"]) for c in index["chunks"]]
+        self._dims[split] = dims
         border_loss = sum(d % self.block_length for d in dims[:-1])
         tail = dims[-1] % self.block_length
         if border_loss:
@@ -680,6 +839,50 @@ class TextDataModule(LightningDataModule):
         self._meta[split] = meta
         return path
 
+    def _locate_prepared(self, split: str) -> str:
+        """Check a prepared split's manifest against this run; returns its path or URL."""
+        location = self.prepared[split]
+        scratch = self.cache_dir / "prepared"
+        manifest = read_prepared_manifest(location, self.storage_options, scratch)
+        theirs, mine = manifest.get("tokenizer_fingerprint"), self._tokenizer_fp
+        if theirs != mine:
+            raise DataError(
+                f"prepared {split} dataset {location} was tokenized with another tokenizer "
+                f"({manifest.get('tokenizer')!r}, fingerprint {str(theirs)[:12]}) than this run's "
+                f"({getattr(self.tokenizer, 'name_or_path', '')!r}, fingerprint {mine[:12]}): use that tokenizer or prepare the data again"
+            )
+        if manifest.get("eos_token_id") != self.eos_token_id or manifest.get("vocab_size") != self.vocab_size:
+            raise DataError(
+                f"prepared {split} dataset {location} has eos_token_id={manifest.get('eos_token_id')}, "
+                f"vocab_size={manifest.get('vocab_size')}; this run has {self.eos_token_id}, {self.vocab_size}: prepare it again"
+            )
+        if split in self.sources:
+            ident = self.sources[split].identity()
+            if manifest.get("identity") != ident:
+                raise DataError(
+                    f"prepared {split} dataset {location} was made from other {split} data than the configured "
+                    f"{self.sources[split].describe()}: prepare it again or drop the {split} source"
+                )
+        key = hashlib.sha256(location.encode()).hexdigest()[:16]
+        index_path = fetch_small_file(location.rstrip("/") + "/index.json", scratch / key / "index.json", self.storage_options)
+        dims = [int(c["dim"]) for c in json.loads(Path(index_path).read_text())["chunks"]]
+        if sum(dims) != int(manifest["num_tokens"]):
+            raise DataError(f"prepared {split} dataset {location}: index.json holds {sum(dims)} tokens, the manifest {manifest['num_tokens']}")
+        if self.block_length > max(dims):
+            raise DataError(
+                f"block_length={self.block_length} is larger than every chunk of the prepared {split} dataset "
+                f"{location} (largest {max(dims)} tokens): prepare it with a larger chunk_tokens"
+            )
+        lost = sum(d % self.block_length for d in dims)
+        log.info(
+            "%s split: prepared %s, %d tokens -> %d blocks of %d (%d tokens at chunk ends not read)",
+            split, location, sum(dims), self.num_blocks(split, dims), self.block_length, lost,
+        )
+        self._cache_paths[split] = location
+        self._meta[split] = manifest
+        self._dims[split] = dims
+        return location
+
     def num_tokens(self, split: str) -> int:
         """Tokens (EOS included) in ``split``'s cache."""
         self._locate(split)
@@ -688,32 +891,39 @@ class TextDataModule(LightningDataModule):
     def num_blocks(self, split: str, dims: list[int] | None = None) -> int:
         """Full blocks of ``block_length`` that the reader yields for ``split`` (all ranks together)."""
         if dims is None:
-            index = json.loads((self._locate(split) / "index.json").read_text())
-            dims = [int(c["dim"]) for c in index["chunks"]]
+            self._locate(split)
+            dims = self._dims[split]
         return sum(count_blocks(d, self.block_length) for d in dims)
 
     def _loader(self, split: str, train: bool) -> Any:
         path = self._locate(split)
+        remote: dict[str, Any] = {}
+        if split in self.prepared and is_remote(str(path)):
+            enable_http_endpoint(self.storage_options)
+            key = hashlib.sha256(str(path).encode()).hexdigest()[:16]
+            remote = {"storage_options": self.storage_options, "cache_dir": str(self.cache_dir / "streaming" / key)}
         dataset = BlockDataset(
             input_dir=str(path),
+            **remote,
             item_loader=TokensLoader(block_size=self.block_length),
             shuffle=train,
             drop_last=None if train else False,
             seed=self.seed,
             item_shuffle_window="full" if train else None,
         )
-        return StreamingDataLoader(
+        return BlockLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
             num_workers=self.num_workers,
             collate_fn=collate_blocks,
+            resume_topology=self.resume_topology,
         )
 
     def train_dataloader(self) -> Any:
         return self._loader("train", train=True)
 
     def val_dataloader(self) -> Any:
-        return self._loader("val", train=False) if "val" in self.sources else []
+        return self._loader("val", train=False) if "val" in self.sources or "val" in self.prepared else []
 
     def test_dataloader(self) -> Any:
         return self._loader("test", train=False)

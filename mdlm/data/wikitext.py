@@ -30,7 +30,9 @@ class WikiTextDataModule(TextDataModule):
         hf_name: Hugging Face config when ``data_dir`` is None.
         train_file / val_file / test_file: file names inside ``data_dir`` (None skips the split);
             e.g. ``train_file="wiki.train.head.raw"`` for the shipped partial train split.
-        The other arguments are :class:`~mdlm.data.text.TextDataModule`'s.
+        The other arguments are :class:`~mdlm.data.text.TextDataModule`'s (``prepared``: split ->
+        a dataset from ``python -m mdlm.data.prepare``; with ``data_dir=None`` prepared splits are not
+        loaded from the hub).
     """
 
     def __init__(
@@ -50,6 +52,9 @@ class WikiTextDataModule(TextDataModule):
         cache_dir: str | None = None,
         seed: int = 42,
         chunk_tokens: int = CHUNK_TOKENS,
+        prepared: dict[str, str] | None = None,
+        storage_options: dict | None = None,
+        resume_topology: str = "strict",
     ) -> None:
         common = dict(
             documents="wikitext",
@@ -63,11 +68,18 @@ class WikiTextDataModule(TextDataModule):
             cache_dir=cache_dir,
             seed=seed,
             chunk_tokens=chunk_tokens,
+            prepared=prepared,
+            storage_options=storage_options,
+            resume_topology=resume_topology,
         )
+        done = {k for k, v in (prepared or {}).items() if v}
         if data_dir is None:
             if hf_name not in WIKITEXT_HF_CONFIGS:
                 raise DataError(f"hf_name={hf_name!r} is not a WikiText config ({', '.join(WIKITEXT_HF_CONFIGS)})")
-            splits = {k: v for k, v in (("train", "train"), ("val", "validation"), ("test", "test")) if {"train": train_file, "val": val_file, "test": test_file}[k]}
+            splits = {k: v for k, v in (("train", "train"), ("val", "validation"), ("test", "test")) if {"train": train_file, "val": val_file, "test": test_file}[k] and k not in done}
+            if not splits:  # every split is prepared: nothing to load from the hub
+                super().__init__(**common)
+                return
             super().__init__(hf_path="wikitext", hf_name=hf_name, hf_splits=splits, **common)
             return
         folder = Path(data_dir).expanduser()
