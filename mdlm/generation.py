@@ -70,7 +70,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass, replace
 from types import ModuleType
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -720,20 +720,26 @@ def padding_hidden(model: Any) -> bool:
     ``False`` marks a padding-blind model (LLaDA: its attention ignores ``attention_mask``), for
     which :func:`generate` and :func:`infill` never batch rows of different real lengths.
     """
+    for obj in _wrapped(model):
+        value = getattr(obj, "padding_hidden", None)
+        if value is not None:
+            return bool(value)
+    return True
+
+
+def _wrapped(model: Any) -> Iterator[Any]:
+    """``model``, then the objects it wraps (``.module``, ``.backbone``, ``._orig_mod``), nearest first."""
     queue, seen = [model], set()
     while queue:
         obj = queue.pop(0)
         if obj is None or id(obj) in seen:
             continue
         seen.add(id(obj))
-        value = getattr(obj, "padding_hidden", None)
-        if value is not None:
-            return bool(value)
+        yield obj
         for name in ("module", "backbone", "_orig_mod"):
             inner = getattr(obj, name, None)
             if inner is not None and not isinstance(inner, ModuleType):
                 queue.append(inner)
-    return True
 
 
 def _accepts_cache(obj: Any) -> bool:
@@ -751,24 +757,15 @@ def block_cache_model(model: Any) -> Optional[Callable]:
     """The object to call for block-cached decoding, or ``None`` (exact path).
 
     ``model`` itself if its attribute ``supports_block_cache`` is ``True`` (and its ``forward``
-    takes ``kv_cache`` and ``kv_start``), else the nearest of the objects it wraps (``.backbone``, ``.module``, ``._orig_mod``) that has it; such an object
+    takes ``kv_cache`` and ``kv_start``), else the nearest of the objects it wraps (``.module``, ``.backbone``, ``._orig_mod``) that has it; such an object
     is called as ``obj(ids, attention_mask=..., kv_cache=..., kv_start=...)`` (see
     :mod:`mdlm.models.kv_cache`) instead of ``model``, so a wrapper found this way must not change
     the logits. mdlm's :class:`~mdlm.models.transformer.Transformer` has it; Hugging Face
     backbones, LLaDA/Dream and plain callables do not.
     """
-    queue, seen = [model], set()
-    while queue:
-        obj = queue.pop(0)
-        if obj is None or id(obj) in seen:
-            continue
-        seen.add(id(obj))
+    for obj in _wrapped(model):
         if getattr(obj, "supports_block_cache", False) is True and _accepts_cache(obj):
             return obj
-        for name in ("backbone", "module", "_orig_mod"):
-            inner = getattr(obj, name, None)
-            if inner is not None and not isinstance(inner, ModuleType):
-                queue.append(inner)
     return None
 
 
