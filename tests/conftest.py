@@ -53,3 +53,25 @@ def modules_cache(tmp_path_factory):
     for name in [n for n in sys.modules if n == "transformers_modules" or n.startswith("transformers_modules.")]:
         del sys.modules[name]
     sys.path[:] = [p for p in sys.path if p != str(folder / "hf_modules")]
+
+
+def load_script(name: str):
+    """``tests/scripts/<name>.py`` as a module (the multi-process scripts' helpers, reused in-process)."""
+    import importlib.util
+
+    path = REPO_ROOT / "tests" / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"tests_script_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_lines(n: int, seed: int, prefix: str, max_words: int = 25) -> list[str]:
+    """``n`` seeded one-line documents ``"<prefix> <i> <words>"`` (3..max_words words) for text-data tests."""
+    import random
+
+    rng = random.Random(seed)
+    return [
+        f"{prefix} {i} " + " ".join(f"{prefix[0]}{rng.randint(0, 999)}" for _ in range(rng.randint(3, max_words)))
+        for i in range(n)
+    ]

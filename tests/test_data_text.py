@@ -38,9 +38,7 @@ needs_wiki = pytest.mark.skipif(not (WIKI / "wiki.train.head.raw").is_file(), re
 
 
 # --------------------------------------------------------------------------- helpers
-def make_lines(n: int, seed: int, prefix: str) -> list[str]:
-    rng = random.Random(seed)
-    return [f"{prefix} {i} " + " ".join(f"{prefix[0]}{rng.randint(0, 999)}" for _ in range(rng.randint(3, 25))) for i in range(n)]
+from conftest import make_lines  # noqa: E402  (one seeded document generator for the text-data tests)
 
 
 @pytest.fixture

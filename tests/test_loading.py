@@ -42,12 +42,9 @@ SCRIPT = ROOT / "tests" / "scripts" / "sharded_load.py"
 
 def _script_module():
     """``tests/scripts/sharded_load.py`` as a module (its ``Recorder`` spies on ``safe_open``)."""
-    import importlib.util
+    from conftest import load_script
 
-    spec = importlib.util.spec_from_file_location("sharded_load_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("sharded_load")
 VOCAB = 97
 
 hf_logging.disable_progress_bar()

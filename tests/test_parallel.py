@@ -3,7 +3,6 @@ accumulation with all-reduced normalisers, and the 2-rank DDP/FSDP2 subprocess c
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import socket
@@ -27,10 +26,9 @@ SCRIPT = ROOT / "tests" / "scripts" / "distributed_checks.py"
 
 
 def _script_module():
-    spec = importlib.util.spec_from_file_location("distributed_checks", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from conftest import load_script
+
+    return load_script("distributed_checks")
 
 
 def test_wrap_and_checkpoint_policy_on_a_meta_model():

@@ -30,8 +30,9 @@ L = 16  # block length
 
 
 def make_lines(n: int, seed: int, prefix: str) -> list[str]:
-    rng = random.Random(seed)
-    return [f"{prefix} {i} " + " ".join(f"{prefix[0]}{rng.randint(0, 999)}" for _ in range(rng.randint(3, 40))) for i in range(n)]
+    from conftest import make_lines as lines
+
+    return lines(n, seed, prefix, max_words=40)
 
 
 @pytest.fixture
