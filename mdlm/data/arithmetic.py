@@ -4,7 +4,7 @@ Every problem is a seeded tuple of operands and operators, applied left to right
 total, and rendered in the GSM8K format — a question, a short worked solution with one line per
 operation, and ``#### <answer>``::
 
-    question: Ann keeps coins and has 47, then finds 38, then loses 19. How many now?
+    question: Ann has 47 coins, then finds 38, then loses 19. How many now?
     answer:   47+38=85
               85-19=66
               #### 66
@@ -204,7 +204,7 @@ class Problem:
         name, obj = NAMES[self.name], OBJECTS[self.obj]
         verbs = self.verbs or (0,) * len(self.operators)
         clauses = "".join(f", then {VERBS[op][v]} {x}" for op, v, x in zip(self.operators, verbs, self.operands[1:]))
-        return f"{name} keeps {obj} and has {self.operands[0]}{clauses}. How many now?"
+        return f"{name} has {self.operands[0]} {obj}{clauses}. How many now?"
 
     @property
     def solution(self) -> str:
@@ -408,7 +408,7 @@ def max_sample_chars(level: int) -> tuple[int, int]:
     name = max(map(len, NAMES))
     obj = max(map(len, OBJECTS))
     verb = max(len(v) for vs in VERBS.values() for v in vs)
-    question = name + len(" keeps ") + obj + len(" and has ") + d + n * (len(", then ") + verb + 1 + d)
+    question = name + len(" has ") + d + 1 + obj + n * (len(", then ") + verb + 1 + d)
     question += len(". How many now?")
     solution = n * (3 * d + 2) + (n - 1) + len("\n#### ") + d
     return question, solution
