@@ -1,4 +1,5 @@
-"""Helpers shared by the throughput benchmarks: machine record, memory sampling, statistics, output.
+"""Helpers shared by the benchmark and experiment scripts: machine record, load and memory sampling,
+timing, statistics, ``mdlm fit`` subprocesses, JSON and markdown output.
 
 Measurements on a shared machine are noisy; every benchmark records ``os.getloadavg()`` before
 and after so that readers can judge the contention, and compares its two sides alternately in
@@ -12,8 +13,11 @@ import ctypes
 import datetime as _dt
 import gc
 import json
+import math
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -24,9 +28,6 @@ from typing import Any
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as `python benchmarks/x.py` from anywhere
-    sys.path.insert(0, str(REPO))
-
 RESULTS = REPO / "benchmarks" / "results"
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -137,14 +138,33 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
+def mean_se(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and standard error of the mean (sample s.d. / sqrt(n); NaN for fewer than 2 values)."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, float("nan")
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> list[float]:
+    """Wilson score interval of a proportion ``k / n`` (95 % for z = 1.96), rounded to 4 digits; NaNs for n = 0."""
+    if n == 0:
+        return [float("nan"), float("nan")]
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [round(centre - half, 4), round(centre + half, 4)]
+
+
 def alternate(repeat: int) -> tuple[str, str]:
     """Order of the two sides in repeat ``repeat``: a, b then b, a (ABBA cancels linear drift)."""
     return ("a", "b") if repeat % 2 == 0 else ("b", "a")
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
+def write_json(path: Path, data: dict[str, Any], indent: int | None = 1) -> None:
+    """``data`` as JSON (``indent`` spaces) to ``path``, creating its folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1) + "\n")
+    path.write_text(json.dumps(data, indent=indent) + "\n")
 
 
 def write_results(path: Path, data: dict[str, Any], markdown: Any, md_path: Path | None = None) -> None:
@@ -181,3 +201,64 @@ def machine_line(machine: dict[str, Any]) -> str:
         f"Machine: {acc}; torch {machine.get('torch')}, {machine.get('torch_threads')} threads; "
         f"load average (1/5/15 min) {load_txt}; {machine.get('time')}."
     )
+
+
+class LoadSampler:
+    """1-minute load average every ``every`` seconds in a background thread (``with LoadSampler() as load:``)."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self.every, self.samples, self._stop = every, [], threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append(os.getloadavg()[0])
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> LoadSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> dict[str, float]:
+        s = self.samples or [float("nan")]
+        return {"mean": round(sum(s) / len(s), 2), "min": round(min(s), 2), "max": round(max(s), 2), "samples": len(s)}
+
+
+def mdlm_executable() -> str:
+    """The ``mdlm`` console script of the install this Python runs (beside ``sys.executable``), else the one on PATH."""
+    beside = Path(sys.executable).with_name("mdlm")
+    if beside.exists():
+        return str(beside)
+    return shutil.which("mdlm") or "mdlm"
+
+
+def fit_subprocess(
+    config: str, overrides: list[str], save_dir: Path, run_name: str, threads: int | None = None, quiet: bool = True
+) -> dict[str, Any]:
+    """``mdlm fit --config CONFIG OVERRIDES`` logging to ``save_dir/run_name``, with ``threads`` OpenMP threads.
+
+    Returns ``{"cmd", "returncode", "wall_time_s", "metrics"}`` where ``metrics`` is the run's
+    ``metrics.json`` (``{"run": {}, "history": []}`` if the run wrote none; its stderr tail is
+    printed then). ``quiet`` captures the child's output.
+    """
+    shutil.rmtree(save_dir / run_name, ignore_errors=True)
+    cmd = [
+        mdlm_executable(), "fit", "--config", str(REPO / config), *overrides,
+        f"--trainer.logger.init_args.save_dir={save_dir}", f"--trainer.logger.init_args.name={run_name}",
+        "--trainer.enable_progress_bar=false",
+    ]
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=quiet, text=True)
+    wall = time.perf_counter() - t0
+    metrics_file = save_dir / run_name / "version_0" / "metrics.json"
+    if (proc.returncode != 0 or not metrics_file.is_file()) and quiet:
+        print(proc.stderr[-3000:], file=sys.stderr)
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {"run": {}, "history": []}
+    return {"cmd": cmd, "returncode": proc.returncode, "wall_time_s": round(wall, 1), "metrics": metrics}

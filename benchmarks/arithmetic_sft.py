@@ -15,43 +15,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
-from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+if not __package__:  # run as a file (`python benchmarks/x.py`): make the repository root importable, as `-m` does
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._common import REPO, LoadSampler, mdlm_executable, wilson_interval  # noqa: E402
+
 CONFIG = "configs/sft_arithmetic.yaml"
-
-
-class LoadSampler:
-    """1-minute load average every ``every`` seconds in a background thread."""
-
-    def __init__(self, every: float = 10.0) -> None:
-        self.every, self.samples, self._stop = every, [], threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.samples.append(os.getloadavg()[0])
-            self._stop.wait(self.every)
-
-    def __enter__(self) -> "LoadSampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def summary(self) -> dict[str, float]:
-        s = self.samples or [float("nan")]
-        return {"mean": round(sum(s) / len(s), 2), "min": round(min(s), 2), "max": round(max(s), 2), "samples": len(s)}
 
 
 def run(cmd: list[str], threads: int) -> tuple[float, str]:
@@ -75,15 +50,6 @@ def tensorboard_scalars(log_dir: Path) -> dict[str, float]:
     return {tag: acc.Scalars(tag)[-1].value for tag in acc.Tags()["scalars"]}
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
-    if n == 0:
-        return [float("nan"), float("nan")]
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [round(centre - half, 4), round(centre + half, 4)]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=CONFIG)
@@ -96,10 +62,10 @@ def main() -> None:
 
     import yaml
 
-    from mdlm.data.arithmetic import ArithmeticDataModule, LEVELS
+    from mdlm.data.arithmetic import LEVELS, ArithmeticDataModule
     from mdlm.results import git_commit, machine_info
 
-    exe = shutil.which("mdlm") or str(Path(sys.executable).parent / "mdlm")
+    exe = mdlm_executable()
     run_dir = REPO / args.save_dir / args.name
     shutil.rmtree(run_dir, ignore_errors=True)
     logger = [f"--trainer.logger.init_args.save_dir={args.save_dir}", f"--trainer.logger.init_args.name={args.name}",
@@ -125,7 +91,7 @@ def main() -> None:
         k = round(acc * n)
         level = int(group.split()[1])
         per_level[group] = {
-            "accuracy": round(acc, 4), "correct": k, "items": n, "wilson95": wilson(k, n),
+            "accuracy": round(acc, 4), "correct": k, "items": n, "wilson95": wilson_interval(k, n),
             "num_ops": LEVELS[level].num_ops, "digits": LEVELS[level].digits,
         }
     total = sum(counts.values())
@@ -160,12 +126,12 @@ def main() -> None:
         "machine": machine_info(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    out = REPO / args.out
+    out = (REPO / args.out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({"train_wall_s": result["train"]["wall_time_s"], "steps": result["train"]["optimizer_steps"],
                       "per_level": {g: v["accuracy"] for g, v in per_level.items()}, "test_wall_s": result["test"]["wall_time_s"]}))
-    print(f"wrote {out.relative_to(REPO)}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

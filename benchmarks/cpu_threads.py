@@ -14,12 +14,15 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from _common import RESULTS, machine_record, write_json
+if not __package__:  # run as a file (`python benchmarks/x.py`): make the repository root importable, as `-m` does
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._common import RESULTS, machine_record, write_json  # noqa: E402
 
 
 def _steps_per_second(threads: int, steps: int) -> float:

@@ -28,8 +28,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, RESULTS, fmt, machine_line, machine_record, markdown_table, median, write_results  # noqa: E402
+if not __package__:  # run as a file (`python benchmarks/x.py`): make the repository root importable, as `-m` does
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._common import REPO, RESULTS, fmt, machine_line, machine_record, markdown_table, median, write_results  # noqa: E402
 
 CONFIG = "configs/wikitext_ablation.yaml"
 

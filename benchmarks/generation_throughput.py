@@ -43,8 +43,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (  # noqa: E402
+if not __package__:  # run as a file (`python benchmarks/x.py`): make the repository root importable, as `-m` does
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._common import (  # noqa: E402
     RESULTS,
     alternate,
     fmt,
@@ -55,7 +56,6 @@ from _common import (  # noqa: E402
     stopwatch,
     write_results,
 )
-
 from mdlm.generation import generate, get_preset  # noqa: E402
 from mdlm.models.transformer import Transformer  # noqa: E402
 

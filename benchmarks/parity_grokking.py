@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from _fit import fit_subprocess
-
+if not __package__:  # run as a file (`python benchmarks/x.py`): make the repository root importable, as `-m` does
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._common import fit_subprocess, write_json  # noqa: E402
 
 
 def run_one(name: str, config: str, overrides: list[str], seed: int, workdir: Path, threads: int | None = None) -> dict:
@@ -50,8 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         for seed in args.seeds:
             results = [r for r in results if not (r["name"] == name and r["seed"] == seed)]
             results.append(run_one(name, config, [o for o in overrides if o], seed, args.workdir.resolve(), args.threads))
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps({"runs": results}, indent=1))
+            write_json(args.out, {"runs": results})
     print(f"wrote {args.out}")
 
 

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from mdlm.results import replace_readme_section
+if not __package__:  # run as a file (`python benchmarks/x.py`): make the repository root importable, as `-m` does
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._common import markdown_table  # noqa: E402
+from mdlm.results import replace_readme_section  # noqa: E402
 
 START, END = "<!-- parity-table:start -->", "<!-- parity-table:end -->"
 TARGET = 0.99
@@ -52,19 +56,17 @@ def _fmt(x, spec="{:.0f}", none="—"):
 
 def table(results: dict) -> str:
     """Markdown table, one row per run (name, seed)."""
-    rows = [
-        "| run | seed | steps to 99% val | wall time to 99% | max train − val before | steps memorised (train ≥ 99%, val ≤ 60%) | last step | final train / val acc | run wall time |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    headers = ["run", "seed", "steps to 99% val", "wall time to 99%", "max train − val before",
+               "steps memorised (train ≥ 99%, val ≤ 60%)", "last step", "final train / val acc", "run wall time"]
+    rows = []
     for run in sorted(results["runs"], key=lambda r: (r["name"], r["seed"])):
         s = summarize(run)
-        rows.append(
-            f"| {s['name']} | {s['seed']} | {_fmt(s['steps_to_99'], none='not reached')} | "
-            f"{_fmt(s['wall_s_to_99'], '{:.0f} s')} | {s['max_gap_points']:.1f} pts | {s['memorised_steps']} | "
-            f"{_fmt(s['last_step'])} | {_fmt(s['final_train'], '{:.3f}')} / {_fmt(s['final_val'], '{:.3f}')} | "
-            f"{_fmt(s['wall_s'], '{:.0f} s')} |"
-        )
-    return "\n".join(rows)
+        rows.append([
+            s["name"], s["seed"], _fmt(s["steps_to_99"], none="not reached"), _fmt(s["wall_s_to_99"], "{:.0f} s"),
+            f"{s['max_gap_points']:.1f} pts", s["memorised_steps"], _fmt(s["last_step"]),
+            f"{_fmt(s['final_train'], '{:.3f}')} / {_fmt(s['final_val'], '{:.3f}')}", _fmt(s["wall_s"], "{:.0f} s"),
+        ])
+    return markdown_table(headers, rows)
 
 
 def plot(results: dict, png: Path) -> None:

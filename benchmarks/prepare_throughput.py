@@ -26,8 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, RESULTS, machine_record  # noqa: E402
+if not __package__:  # run as a file (`python benchmarks/x.py`): make the repository root importable, as `-m` does
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._common import REPO, RESULTS, machine_record  # noqa: E402
 
 GPT2 = REPO.parent / "shared" / "data" / "tokenizers" / "gpt2"
 TARGET_TOKENS = 9e9  # OpenWebText with GPT-2
@@ -191,7 +192,7 @@ def main() -> None:
             "fastest_training_rate_tok_s": train,
         }
         if train:
-            for k, v in streaming.items():
+            for v in streaming.values():
                 if isinstance(v, dict):
                     v["headroom_vs_fastest_training"] = round(v["tokens_per_s"] / train, 1)
         Path(args.out).write_text(json.dumps(result, indent=1))

@@ -26,7 +26,10 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+if not __package__:  # run as a file (`python benchmarks/x.py`): make the repository root importable, as `-m` does
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._common import REPO, mdlm_executable  # noqa: E402
+
 CONFIGS = ["configs/sft_math_high_mask.yaml", "configs/data/math_train.yaml", "configs/presets/rehearsal_cpu.yaml"]
 
 #: the stand-in: GPT-2's 50,257 tokens + [MASK] (50257), embedding padded to a multiple of 128 as LLaDA's
@@ -36,11 +39,6 @@ STANDIN = dict(vocab_size=50258, embedding_size=50304, mask_token_id=50257, eos_
 
 #: what the JSON keeps of each evaluation of metrics.json
 EVAL_KEYS = ("step", "wall_time_s", "train/loss", "train/grad_norm", "val/nelbo", "val/ppl")
-
-
-def _mdlm() -> str:
-    script = Path(sys.executable).with_name("mdlm")
-    return str(script) if script.exists() else "mdlm"
 
 
 def _run(args: list[str], env: dict[str, str], log: Path) -> float:
@@ -85,14 +83,14 @@ def main(argv: list[str] | None = None) -> dict:
         f"--trainer.logger.init_args.save_dir={out.parent}",
         f"--trainer.logger.init_args.name={out.name}",
     ]
-    fit_s = _run([_mdlm(), "fit", *common, *overrides], env, out / "fit.log")
+    fit_s = _run([mdlm_executable(), "fit", *common, *overrides], env, out / "fit.log")
     run_dir = _latest_version(out)
     checkpoints = sorted((run_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
     if not checkpoints:
         raise SystemExit(f"fit wrote no checkpoint under {run_dir / 'checkpoints'}")
     history = json.loads((run_dir / "metrics.json").read_text())
     test_s = _run(
-        [_mdlm(), "test", *common, *overrides, f"--ckpt_path={checkpoints[-1]}",
+        [mdlm_executable(), "test", *common, *overrides, f"--ckpt_path={checkpoints[-1]}",
          f"--trainer.logger.init_args.version={run_dir.name}_test"],
         env, out / "test.log",
     )

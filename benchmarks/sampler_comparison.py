@@ -39,12 +39,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _fit import fit_subprocess
+if not __package__:  # run as a file (`python benchmarks/x.py`): make the repository root importable, as `-m` does
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._common import REPO, fit_subprocess, markdown_table, mean_se, write_json  # noqa: E402
+from mdlm.results import replace_readme_section  # noqa: E402
+from mdlm.samplers.parity import signal_optimal_window_max  # noqa: E402
 
-from mdlm.results import replace_readme_section
-from mdlm.samplers.parity import signal_optimal_window_max
-
-REPO = Path(__file__).resolve().parents[1]
 START, END = "<!-- sampler-comparison:start -->", "<!-- sampler-comparison:end -->"
 SAMPLERS = ("uniform", "window", "curriculum", "adaptive")
 TARGET = 0.99
@@ -181,13 +181,6 @@ def allocation(history: list[dict], upto_step: int | None = None) -> list[float]
     return [sum(col) / len(rows) for col in zip(*rows)]
 
 
-def mean_se(values: list[float]) -> tuple[float, float]:
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, float("nan")
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
-
-
 def summarize(runs: list[dict]) -> list[dict]:
     """One row per (task, k, sampler): mean ± s.e. of the score over seeds, steps, wall time."""
     rows = []
@@ -219,40 +212,32 @@ def table(runs: list[dict]) -> str:
     rows = summarize(runs)
     text_rows = [r for r in rows if r["task"] == "wikitext"]
     if text_rows:
-        lines += [
-            "| WikiText-2 (tiny, equal compute) | test NELBO/token, mean ± s.e. | per seed | optimizer steps | wall time / run |",
-            "|---|---|---|---|---|",
-        ]
-        for r in text_rows:
-            seeds = ", ".join(f"{v:.3f}" for v in r["per_seed"] if v is not None)
-            lines.append(
-                f"| {r['name']} | {r['mean']:.3f} ± {r['se']:.3f} (n={r['n']}) | {seeds} | "
-                f"{'/'.join(map(str, r['steps']))} | {r['wall_s']:.0f} s |"
-            )
+        lines.append(markdown_table(
+            ["WikiText-2 (tiny, equal compute)", "test NELBO/token, mean ± s.e.", "per seed", "optimizer steps",
+             "wall time / run"],
+            [[r["name"], f"{r['mean']:.3f} ± {r['se']:.3f} (n={r['n']})",
+              ", ".join(f"{v:.3f}" for v in r["per_seed"] if v is not None),
+              "/".join(map(str, r["steps"])), f"{r['wall_s']:.0f} s"] for r in text_rows],
+        ))
     for k in sorted({r["k"] for r in rows if r["task"] == "parity"}, key=lambda x: x or 0):
         group = [r for r in rows if r["task"] == "parity" and r["k"] == k]
         if lines:
             lines.append("")
-        lines += [
-            f"| k-parity, k = {k} (equal compute) | seeds reaching 99% val | steps to 99% per seed | final val acc, mean ± s.e. | optimizer steps | wall time / run |",
-            "|---|---|---|---|---|---|",
-        ]
-        for r in group:
-            hits = ", ".join("—" if h is None else str(h) for h in r["per_seed"])
-            fv, fse = r["final_val"]
-            lines.append(
-                f"| {r['name']} | {r['reached']}/{r['n']} | {hits} | {fv:.3f} ± {fse:.3f} | "
-                f"{'/'.join(map(str, r['steps']))} | {r['wall_s']:.0f} s |"
-            )
+        lines.append(markdown_table(
+            [f"k-parity, k = {k} (equal compute)", "seeds reaching 99% val", "steps to 99% per seed",
+             "final val acc, mean ± s.e.", "optimizer steps", "wall time / run"],
+            [[r["name"], f"{r['reached']}/{r['n']}", ", ".join("—" if h is None else str(h) for h in r["per_seed"]),
+              f"{r['final_val'][0]:.3f} ± {r['final_val'][1]:.3f}", "/".join(map(str, r["steps"])),
+              f"{r['wall_s']:.0f} s"] for r in group],
+        ))
     mass = mass_rows(runs)
     if mass:
-        lines += ["", "| adaptive on k-parity | mass on t < 0.5 | mean t of q | argmax bin of q | signal-optimal 1/(k+1) |",
-                  "|---|---|---|---|---|"]
-        for m in mass:
-            lines.append(
-                f"| k = {m['k']} (n={m['n']}) | {m['low_mass']:.2f} | {m['mean_t']:.3f} | "
-                f"[{m['argmax'] / NUM_BINS:.1f}, {(m['argmax'] + 1) / NUM_BINS:.1f}] | {1 / (m['k'] + 1):.3f} |"
-            )
+        lines += ["", markdown_table(
+            ["adaptive on k-parity", "mass on t < 0.5", "mean t of q", "argmax bin of q", "signal-optimal 1/(k+1)"],
+            [[f"k = {m['k']} (n={m['n']})", f"{m['low_mass']:.2f}", f"{m['mean_t']:.3f}",
+              f"[{m['argmax'] / NUM_BINS:.1f}, {(m['argmax'] + 1) / NUM_BINS:.1f}]", f"{1 / (m['k'] + 1):.3f}"]
+             for m in mass],
+        )]
     return "\n".join(lines)
 
 
@@ -396,8 +381,7 @@ def run_all(args) -> list[dict]:
         )
         results = [r for r in results if not (r["task"] == task and r.get("k") == run["k"] and r["name"] == run["name"] and r["seed"] == run["seed"])]
         results.append(run)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"runs": results, "total_wall_time_s": round(time.perf_counter() - t0, 1)}, indent=1))
+        write_json(args.out, {"runs": results, "total_wall_time_s": round(time.perf_counter() - t0, 1)})
 
     done = {(r["name"], r["seed"]) for r in results if r["task"] == task and r.get("k") == (k if task == "parity" else None)
             and r.get("returncode") == 0}

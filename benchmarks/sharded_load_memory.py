@@ -46,8 +46,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-sys.path.insert(0, str(REPO))
+if not __package__:  # run as a file (`python benchmarks/x.py`): make the repository root importable, as `-m` does
+    sys.path.insert(0, str(REPO))
 
 OUT = REPO / "benchmarks" / "results" / "sharded_load_memory.json"
 TARGET_RATIO = 0.6
@@ -147,7 +147,7 @@ def worker(args) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
     from transformers.utils import logging as hf_logging
 
-    from _common import release_memory
+    from benchmarks._common import release_memory
     from mdlm.parallel import FSDP2Plan, local_bytes, parallelize
 
     hf_logging.set_verbosity_error()
@@ -242,7 +242,7 @@ def main() -> None:
 
     import torch
 
-    from _common import machine_record, write_json
+    from benchmarks._common import machine_record, write_json
 
     machine = machine_record()
     tmp = Path(tempfile.mkdtemp(prefix="sharded_load_"))

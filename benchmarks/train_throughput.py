@@ -35,7 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import math
+import functools
 import os
 import shutil
 import sys
@@ -50,8 +50,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (  # noqa: E402
+if not __package__:  # run as a file (`python benchmarks/x.py`): make the repository root importable, as `-m` does
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lightning.pytorch import Callback  # noqa: E402
+
+from benchmarks._common import (  # noqa: E402
     REPO,
     RESULTS,
     PeakMemory,
@@ -64,8 +67,6 @@ from _common import (  # noqa: E402
     sync,
     write_results,
 )
-from lightning.pytorch import Callback  # noqa: E402
-
 from mdlm.optim import lr_factor, parameter_groups  # noqa: E402
 from mdlm.throughput import (  # noqa: E402
     attention_shape,
@@ -272,8 +273,8 @@ def measure_pair(spec: RunSpec, repeats: int, workdir: Path, warmup_runs: int = 
     """
     template = make_template(spec, workdir)
     runners: dict[str, Callable[[RunSpec], dict[str, Any]]] = {
-        "a": lambda sp: run_trainer(sp, workdir),
-        "b": lambda sp: run_raw(sp, template),
+        "a": functools.partial(run_trainer, workdir=workdir),
+        "b": functools.partial(run_raw, template=template),
     }
     for _ in range(warmup_runs):
         for run in runners.values():
@@ -295,7 +296,7 @@ def measure_pair(spec: RunSpec, repeats: int, workdir: Path, warmup_runs: int = 
         "vocab_size": template.hparams["vocab_size"],
         "total_params": sum(p.numel() for p in template.backbone.parameters()),
     }
-    del template
+    del runners, template  # the raw loop's backbone copy and data module: free them before the next pair
     release_memory()
     return {"runs": runs, **model_info}
 

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _fit import fit_subprocess
-
-from mdlm.results import replace_readme_section
+if not __package__:  # run as a file (`python benchmarks/x.py`): make the repository root importable, as `-m` does
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._common import fit_subprocess, markdown_table, mean_se, write_json  # noqa: E402
+from mdlm.results import replace_readme_section  # noqa: E402
 
 CONFIG = "configs/wikitext_ablation.yaml"
 START, END = "<!-- wikitext-ablation:start -->", "<!-- wikitext-ablation:end -->"
@@ -55,8 +56,7 @@ def summarize(results: dict) -> list[dict]:
         values = [r["final"]["val/nelbo"] for r in results["runs"] if r["name"] == name and "val/nelbo" in r["final"]]
         if not values:
             continue
-        mean = sum(values) / len(values)
-        se = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values)) if len(values) > 1 else float("nan")
+        mean, se = mean_se(values)
         rows.append({"name": name, "n": len(values), "mean": mean, "se": se})
     return rows
 
@@ -67,22 +67,17 @@ def table(results: dict) -> str:
     ranked = sorted((r for r in rows if r["name"] != "uniform"), key=lambda r: r["mean"])
     rank = {r["name"]: i + 1 for i, r in enumerate(ranked)}
     paper_rank = {f"bin{i}": j + 1 for j, i in enumerate(sorted(range(10), key=lambda i: PAPER[i]))}
-    lines = [
-        "| training t | test NELBO/token (mean ± s.e.) | rank here | paper test loss | paper rank |",
-        "|---|---|---|---|---|",
-    ]
+    cells = []
     for i in range(10):
         r = by_name.get(f"bin{i}")
-        if r is None:
-            continue
-        lines.append(
-            f"| [{i / 10:.1f}, {(i + 1) / 10:.1f}] | {r['mean']:.3f} ± {r['se']:.3f} (n={r['n']}) | {rank[r['name']]} | "
-            f"{PAPER[i]:.3f} | {paper_rank[f'bin{i}']} |"
-        )
+        if r is not None:
+            cells.append([f"[{i / 10:.1f}, {(i + 1) / 10:.1f}]", f"{r['mean']:.3f} ± {r['se']:.3f} (n={r['n']})",
+                          rank[r["name"]], f"{PAPER[i]:.3f}", paper_rank[f"bin{i}"]])
     if "uniform" in by_name:
         u = by_name["uniform"]
-        lines.append(f"| U[0, 1] | {u['mean']:.3f} ± {u['se']:.3f} (n={u['n']}) | — | {PAPER_UNIFORM:.3f} | — |")
-    return "\n".join(lines)
+        cells.append(["U[0, 1]", f"{u['mean']:.3f} ± {u['se']:.3f} (n={u['n']})", "—", f"{PAPER_UNIFORM:.3f}", "—"])
+    headers = ["training t", "test NELBO/token (mean ± s.e.)", "rank here", "paper test loss", "paper rank"]
+    return markdown_table(headers, cells)
 
 
 def plot(results: dict, png: Path) -> None:
@@ -141,8 +136,7 @@ def main(argv: list[str] | None = None) -> None:
                 results["runs"] = [x for x in results["runs"] if not (x["name"] == r["name"] and x["seed"] == r["seed"])]
                 results["runs"].append(r)
                 results["total_wall_time_s"] = round(time.perf_counter() - t0, 1)
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                args.out.write_text(json.dumps(results, indent=1))
+                write_json(args.out, results)
     text = table(results)
     print(text)
     if args.png:

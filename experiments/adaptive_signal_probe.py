@@ -405,8 +405,7 @@ def probe_rule_alignment(path: Path, k: int, seed: int, repeats: int, half: int 
     from all training sequences (:func:`rule_direction`), and the self-consistency of g_rule: the
     cosine of two estimates from disjoint halves of the training set (≈ 0: the rule direction itself
     is below the sampling noise of 500 sequences)."""
-    from mdlm.objective import md_loss, token_nll
-    from mdlm.objective import mask_tokens
+    from mdlm.objective import mask_tokens, md_loss, token_nll
 
     backbone, _, meta = load_checkpoint(path)
     dm = make_data(k, seed)

@@ -8,7 +8,9 @@ the top-level ``throughput`` key; ``--throughput.init_args.log_every_n_steps=100
 ``--throughput=null`` (or ``throughput: null`` in a config) removes it.
 
 The vocabulary size and the [MASK] id are known only once the data module has loaded its
-tokenizer, so they are linked from ``data`` into ``model`` when the classes are instantiated.
+tokenizer, so they are linked from ``data`` into ``model`` when the classes are instantiated (the
+data contract, :mod:`mdlm.data.contract`; a plain ``LightningDataModule`` without them leaves the
+model's own ``vocab_size``/``mask_token_id``).
 
 Console (:mod:`mdlm.console`): step-based runs show ``Step n/max_steps``; each command ends with one
 line naming the run folder and what is in it; a bad value, a missing file or an offline Hub name
@@ -37,6 +39,8 @@ from mdlm.console import StepProgressBar, default_num_threads, quiet_lightning, 
 
 quiet_lightning()
 
+from mdlm.data.contract import check_data_contract  # noqa: E402
+from mdlm.data.parity import ParityDataModule  # noqa: E402
 from mdlm.module import MaskedDiffusionLM  # noqa: E402
 from mdlm.results import EvaluateAtEnd, JsonlPredictionWriter  # noqa: E402
 from mdlm.samplers.base import MaskRatioSampler  # noqa: E402
@@ -86,12 +90,15 @@ class MDLMCLI(LightningCLI):
         super()._parse_ckpt_path()
 
     def _check_run(self) -> None:
-        """Before any subcommand: a readable ``--ckpt_path``, a parity sampler that knows the data's k."""
+        """Before any subcommand: a readable ``--ckpt_path``, an mdlm data module that sets what the data
+        contract requires (:func:`mdlm.data.contract.check_data_contract`), a parity sampler that knows the
+        data's k."""
         ckpt = self.config_init[self.subcommand].get("ckpt_path")
         if ckpt and ckpt not in ("last", "best", "hpc", "registry"):
             check_checkpoint(Path(ckpt))
+        check_data_contract(self.datamodule)
         sampler = self.config_init.get(self.subcommand, {}).get("sampler")
-        data_k = getattr(self.datamodule, "k", None)
+        data_k = self.datamodule.k if isinstance(self.datamodule, ParityDataModule) else None
         sampler_k = getattr(sampler, "k", None)
         if data_k is not None and sampler_k is not None and int(data_k) != int(sampler_k):
             raise ValueError(
@@ -146,7 +153,6 @@ def _set_cpu_threads(trainer) -> None:
     """``torch.set_num_threads`` for a CPU run: ``MDLM_NUM_THREADS``, else (unless ``OMP_NUM_THREADS`` is set)
     available cores ÷ this node's processes."""
     import torch
-
     from lightning.pytorch.accelerators import CPUAccelerator
 
     if not isinstance(trainer.accelerator, CPUAccelerator):

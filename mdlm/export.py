@@ -29,11 +29,13 @@ process (only the tensors of the chosen weights are read). Weights (``--weights`
 under ``current_model_state`` (``current_model.`` keys in a sharded one); ``ema`` exports the former,
 ``raw`` the latter, ``auto`` (default) EMA when the checkpoint has it, else the (raw) weights it holds.
 
-Tokenizer: the run's data module is rebuilt — from ``--config`` files (their ``data:`` sections, merged
-in order) when given, else from the data module hyper-parameters saved in the checkpoint — and its
-``tokenizer`` saved with every token it was trained with ([MASK]/[PAD] added by mdlm included). The
+Tokenizer: the one the checkpoint carries (saved by mdlm since the tokenizer travels with the
+checkpoint, with every token it was trained with: [MASK]/[PAD] added by mdlm included;
+:func:`mdlm.data.tokenizer.tokenizer_from_checkpoint`). ``--config`` files (their ``data:`` sections,
+merged in order) rebuild the run's data module for its tokenizer instead; a checkpoint without a
+tokenizer (older mdlm) falls back to the data module rebuilt from its saved hyper-parameters. The
 parity task has no tokenizer: a character tokenizer ``"0"`` -> 0, ``"1"`` -> 1, ``"[MASK]"`` -> 2 is
-written (:func:`parity_tokenizer`). ``--tokenizer DIR`` overrides both.
+written (:func:`parity_tokenizer`). ``--tokenizer DIR`` overrides all of them.
 
 Loading an exported folder back into mdlm: :func:`load_exported` (a :class:`~mdlm.module.MaskedDiffusionLM`
 around ``HFBackbone(pretrained=folder, trust_remote_code=True)``), or in YAML ``backbone: {class_path:
@@ -55,6 +57,8 @@ from typing import Any, Literal
 
 import torch
 import torch.nn as nn
+
+from mdlm.data.tokenizer import CHECKPOINT_KEY as TOKENIZER_CHECKPOINT_KEY
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +101,8 @@ class CheckpointWeights:
     datamodule_hyper_parameters: dict[str, Any] | None = None
     global_step: int | None = None
     sharded: bool = False
+    #: the run's tokenizer as saved in the checkpoint (:func:`mdlm.data.tokenizer.tokenizer_to_state`), if any
+    tokenizer_state: dict[str, Any] | None = None
 
 
 def _choose(weights: str, has_ema: bool, path: Path) -> str:
@@ -139,7 +145,7 @@ def _load_sharded(path: Path, weights: str) -> CheckpointWeights:
     return CheckpointWeights(
         state_dict=sd, weights=chosen, has_ema=has_ema, hyper_parameters=dict(meta.get("hyper_parameters") or {}),
         datamodule_hyper_parameters=meta.get("datamodule_hyper_parameters"), global_step=meta.get("global_step"),
-        sharded=True,
+        sharded=True, tokenizer_state=meta.get(TOKENIZER_CHECKPOINT_KEY),
     )
 
 
@@ -169,6 +175,7 @@ def load_checkpoint_weights(path: str | Path, weights: Weights = "auto") -> Chec
         state_dict=dict(sd), weights=chosen, has_ema=has_ema,
         hyper_parameters=dict(ckpt.get("hyper_parameters") or {}),
         datamodule_hyper_parameters=ckpt.get("datamodule_hyper_parameters"), global_step=ckpt.get("global_step"),
+        tokenizer_state=ckpt.get(TOKENIZER_CHECKPOINT_KEY),
     )
 
 
@@ -284,11 +291,19 @@ def _data_from_configs(paths: list[str]) -> dict[str, Any] | None:
 
 
 def run_tokenizer(ckpt: CheckpointWeights, configs: list[str] | None = None):
-    """The tokenizer of the run's data module (see the module doc); None when the data module has none."""
+    """The tokenizer of the run (see the module doc); None when its data module has none.
+
+    In order: the data module of ``configs`` (their ``data:`` sections), the tokenizer saved in the
+    checkpoint, the data module rebuilt from the checkpoint's hyper-parameters (older checkpoints).
+    """
     from lightning.pytorch import LightningDataModule
 
     hparams = _data_from_configs(configs) if configs else None
     where = "the --config data section"
+    if hparams is None and ckpt.tokenizer_state is not None:
+        from mdlm.data.tokenizer import tokenizer_from_state
+
+        return tokenizer_from_state(ckpt.tokenizer_state)
     if hparams is None:
         hparams, where = ckpt.datamodule_hyper_parameters, "the checkpoint's data module hyper-parameters"
     if not hparams or "_class_path" not in hparams:
@@ -365,7 +380,7 @@ def export_model(
     mask = mask_token_id if mask_token_id is not None else getattr(model, "mask_token_id", None)
     if mask is None:
         raise ExportError("mask_token_id is unknown: pass mask_token_id=... (the [MASK] id the model was trained with)")
-    vocab = int(getattr(model, "vocab_size", None) or getattr(backbone, "vocab_size"))
+    vocab = int(getattr(model, "vocab_size", None) or backbone.vocab_size)
     suppressed = [int(t) for t in (getattr(model, "suppressed", None) or []) if int(t) != int(mask)]
     extra = {
         "mask_token_id": int(mask), "weights": weights, "mdlm_vocab_size": vocab,
@@ -565,7 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "auto (default): ema when the checkpoint has it, else raw")
     parser.add_argument("--config", action="append", default=None,
                         help="the run's config file(s), in order; their data section rebuilds the tokenizer "
-                        "(default: the data module saved in the checkpoint)")
+                        "(default: the tokenizer saved in the checkpoint, else its data module's hyper-parameters)")
     parser.add_argument("--tokenizer", default=None, help="a tokenizer folder to save instead of the run's")
     parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                         help="cast the weights (default: as stored; EMA weights are float32)")

@@ -68,9 +68,10 @@ tokens in the prompt, a model that never puts its highest logit on the mask toke
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from types import ModuleType
-from typing import Any, Callable, Iterator, Optional, Sequence, Union
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -99,7 +100,7 @@ EXTRACTION_RULES = ("gsm8k", "math")
 #: Valid values of ``cache`` (``None`` = no cache, the exact loop).
 CACHE_MODES = ("prefix", "dual")
 
-PromptsLike = Union[Tensor, Sequence[Union[Tensor, Sequence[int]]]]
+PromptsLike = Tensor | Sequence[Tensor | Sequence[int]]
 
 
 # --------------------------------------------------------------------------------------
@@ -212,14 +213,14 @@ def _validate_fast(
             raise ValueError("cache_refresh is set but cache is None; set cache='prefix' or 'dual'")
 
 
-def _check_token_id(name: str, value: Any, vocab_size: Optional[int] = None) -> None:
+def _check_token_id(name: str, value: Any, vocab_size: int | None = None) -> None:
     if not _is_int(value) or value < 0 or (vocab_size is not None and value >= vocab_size):
         valid = f"0..{vocab_size - 1}" if vocab_size is not None else "an integer >= 0"
         where = f" of the model's vocabulary of size {vocab_size}" if vocab_size else ""
         raise ValueError(f"{name}={value!r} is out of range{where}; valid: {valid}")
 
 
-def _known_vocab_size(model: Any) -> Optional[int]:
+def _known_vocab_size(model: Any) -> int | None:
     """Vocabulary size advertised by the model (``.vocab_size`` or ``.config.vocab_size``)."""
     for obj in (model, getattr(model, "config", None)):
         size = getattr(obj, "vocab_size", None) if obj is not None else None
@@ -229,7 +230,7 @@ def _known_vocab_size(model: Any) -> Optional[int]:
 
 
 def _check_ids_against_vocab(
-    mask_token_id: int, suppress: Sequence[int], vocab_size: Optional[int]
+    mask_token_id: int, suppress: Sequence[int], vocab_size: int | None
 ) -> None:
     _check_token_id("mask_token_id", mask_token_id, vocab_size)
     for t in suppress:
@@ -269,11 +270,11 @@ class GenerationOutput:
     sequences: list
     committed_per_step: Tensor
     canvas: Tensor
-    attention_mask: Optional[Tensor] = None
+    attention_mask: Tensor | None = None
     forward_passes: int = 0
-    row_forward_passes: Optional[Tensor] = None
-    row_query_positions: Optional[Tensor] = None
-    cache: Optional[str] = None
+    row_forward_passes: Tensor | None = None
+    row_query_positions: Tensor | None = None
+    cache: str | None = None
 
 
 @dataclass(frozen=True)
@@ -303,7 +304,7 @@ class GenerationConfig:
 
     gen_length: int
     steps: int
-    block_length: Optional[int] = None
+    block_length: int | None = None
     temperature: float = 0.0
     cfg_scale: float = 0.0
     remasking: str = "low_confidence"
@@ -311,11 +312,11 @@ class GenerationConfig:
     prompt_template: str = "gsm8k"
     extraction: str = "gsm8k"
     description: str = ""
-    threshold: Optional[float] = None
-    max_tokens_per_step: Optional[int] = None
+    threshold: float | None = None
+    max_tokens_per_step: int | None = None
     stop_at_eos: bool = False
-    cache: Optional[str] = None
-    cache_refresh: Optional[int] = None
+    cache: str | None = None
+    cache_refresh: int | None = None
     lockstep: bool = False
 
     def __post_init__(self) -> None:
@@ -368,7 +369,7 @@ class GenerationConfig:
             "lockstep": self.lockstep,
         }
 
-    def replace(self, **changes: Any) -> "GenerationConfig":
+    def replace(self, **changes: Any) -> GenerationConfig:
         """A copy with some fields changed (validated again)."""
         return replace(self, **changes)
 
@@ -474,7 +475,7 @@ def _draw_uniform(
     step: int,
     dtype: torch.dtype,
     device: torch.device,
-    generator: Optional[torch.Generator],
+    generator: torch.Generator | None,
 ) -> Tensor:
     """Uniform [0, 1) noise for one step.
 
@@ -490,7 +491,7 @@ def _draw_uniform(
 # --------------------------------------------------------------------------------------
 # Core loop
 # --------------------------------------------------------------------------------------
-def _call_model(model: Callable, x: Tensor, attention_mask: Optional[Tensor], **extra: Any) -> Tensor:
+def _call_model(model: Callable, x: Tensor, attention_mask: Tensor | None, **extra: Any) -> Tensor:
     if attention_mask is None:
         out = model(x, **extra)
     else:
@@ -514,26 +515,26 @@ def _work_dtype(device: torch.device) -> torch.dtype:
 def _denoise(
     model: Callable,
     x: Tensor,
-    attention_mask: Optional[Tensor],
+    attention_mask: Tensor | None,
     *,
     blocks: Sequence[tuple],
     steps_per_block: int,
     cond_positions: Tensor,
-    fillable: Optional[Tensor],
+    fillable: Tensor | None,
     mask_token_id: int,
     temperature: float,
     remasking: str,
     cfg_scale: float,
-    generator: Optional[torch.Generator],
+    generator: torch.Generator | None,
     suppress_token_ids: Sequence[int],
-    threshold: Optional[float] = None,
-    max_tokens_per_step: Optional[int] = None,
-    eos_token_id: Optional[int] = None,
+    threshold: float | None = None,
+    max_tokens_per_step: int | None = None,
+    eos_token_id: int | None = None,
     answer_start: int = 0,
     lockstep: bool = False,
-    cache: Optional[str] = None,
-    cache_refresh: Optional[int] = None,
-    cache_model: Optional[Callable] = None,
+    cache: str | None = None,
+    cache_refresh: int | None = None,
+    cache_model: Callable | None = None,
 ) -> tuple:
     """Run the reverse process in place on ``x``.
 
@@ -559,9 +560,9 @@ def _denoise(
 
     # Live rows: rows finished by the EOS rule leave the batch (unless lockstep). `rows` None means
     # every row, with `xl` being `x` itself; otherwise `xl` is a compact copy written back to `x`.
-    rows: Optional[Tensor] = None
+    rows: Tensor | None = None
     xl, attn_l, cond_l, fill_l = x, attention_mask, cond_positions, fillable
-    kv: Optional[KVCache] = None
+    kv: KVCache | None = None
     all_done = False
 
     def block_masked(start: int, end: int) -> Tensor:
@@ -753,7 +754,7 @@ def _accepts_cache(obj: Any) -> bool:
     return "kv_cache" in params and "kv_start" in params
 
 
-def block_cache_model(model: Any) -> Optional[Callable]:
+def block_cache_model(model: Any) -> Callable | None:
     """The object to call for block-cached decoding, or ``None`` (exact path).
 
     ``model`` itself if its attribute ``supports_block_cache`` is ``True`` (and its ``forward``
@@ -778,7 +779,7 @@ def _equal_length_groups(lengths: Tensor) -> list:
 
 
 def _prepare_prompts(
-    prompts: PromptsLike, attention_mask: Optional[Tensor], pad_token_id: Optional[int]
+    prompts: PromptsLike, attention_mask: Tensor | None, pad_token_id: int | None
 ) -> tuple:
     """Return ``(ids [B, P], prompt_mask [B, P] or None)``; left padding."""
     if isinstance(prompts, Tensor):
@@ -841,7 +842,7 @@ def _prepare_prompts(
     return ids, pmask
 
 
-def _cut_at_eos(tokens: Tensor, eos_token_id: Optional[int]) -> list:
+def _cut_at_eos(tokens: Tensor, eos_token_id: int | None) -> list:
     if eos_token_id is None:
         return list(tokens.unbind(0))
     is_eos = tokens == eos_token_id
@@ -860,20 +861,20 @@ def generate(
     mask_token_id: int,
     gen_length: int,
     steps: int,
-    block_length: Optional[int] = None,
+    block_length: int | None = None,
     temperature: float = 0.0,
     remasking: str = "low_confidence",
     cfg_scale: float = 0.0,
-    eos_token_id: Optional[int] = None,
-    pad_token_id: Optional[int] = None,
-    attention_mask: Optional[Tensor] = None,
-    generator: Optional[torch.Generator] = None,
+    eos_token_id: int | None = None,
+    pad_token_id: int | None = None,
+    attention_mask: Tensor | None = None,
+    generator: torch.Generator | None = None,
     suppress_token_ids: Sequence[int] = (),
-    threshold: Optional[float] = None,
-    max_tokens_per_step: Optional[int] = None,
+    threshold: float | None = None,
+    max_tokens_per_step: int | None = None,
     stop_at_eos: bool = False,
-    cache: Optional[str] = None,
-    cache_refresh: Optional[int] = None,
+    cache: str | None = None,
+    cache_refresh: int | None = None,
     lockstep: bool = False,
 ) -> GenerationOutput:
     """Generate ``gen_length`` tokens after each prompt with the LLaDA reverse process.
@@ -1058,7 +1059,7 @@ def generate(
 def _generate_batch(
     model: Callable,
     ids: Tensor,
-    pmask: Optional[Tensor],
+    pmask: Tensor | None,
     *,
     mask_token_id: int,
     gen_length: int,
@@ -1105,11 +1106,11 @@ def infill(
     *,
     mask_token_id: int,
     steps: int,
-    attention_mask: Optional[Tensor] = None,
+    attention_mask: Tensor | None = None,
     temperature: float = 0.0,
     remasking: str = "low_confidence",
     cfg_scale: float = 0.0,
-    generator: Optional[torch.Generator] = None,
+    generator: torch.Generator | None = None,
     suppress_token_ids: Sequence[int] = (),
 ) -> GenerationOutput:
     """Fill every mask token of ``input_ids`` (anywhere), leaving the other tokens untouched.

@@ -48,7 +48,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -70,8 +70,8 @@ __all__ = [
 STREAM_LL_COUNT = 0x11C0
 STREAM_LL_POSITION = 0x11B0
 
-TokensLike = Union[Tensor, Sequence[int]]
-ItemKey = Union[int, Sequence[int]]
+TokensLike = Tensor | Sequence[int]
+ItemKey = int | Sequence[int]
 
 
 @dataclass(frozen=True)
@@ -205,7 +205,7 @@ def _stderr(samples: Tensor, num_masked: Tensor, length: int, stratified: bool) 
     if bool((samples == samples[0]).all()):
         return 0.0
     if stratified:
-        groups = [samples[num_masked == l] for l in torch.unique(num_masked).tolist()]
+        groups = [samples[num_masked == ell] for ell in torch.unique(num_masked).tolist()]
         big = [g for g in groups if g.numel() >= 2]
         if big:
             # Var(mean) = sum_l (n_l / n)^2 s_l^2 / n_l = sum_l n_l s_l^2 / n^2

@@ -1,14 +1,16 @@
 """lm-evaluation-harness adapter: an ``LM`` registered as ``"mdlm"`` (needs ``pip install 'mdlm[lm_eval]'``).
 
 Importing this module registers the model, after which ``lm_eval.simple_evaluate(model="mdlm",
-model_args={"checkpoint": ..., "tokenizer": ...}, tasks=[...])`` works; on the command line::
+model_args={"checkpoint": ...}, tasks=[...])`` works; on the command line::
 
     python -m mdlm.lm_eval_adapter --model mdlm \\
-        --model_args checkpoint=runs/x/version_0/checkpoints/last.ckpt,tokenizer=path/to/tokenizer,mc_num=128 \\
+        --model_args checkpoint=runs/x/version_0/checkpoints/last.ckpt,mc_num=128 \\
         --tasks hellaswag --batch_size 32
 
-or a folder written by ``mdlm export`` (weights, config with ``mask_token_id``, tokenizer; mdlm's own
-Transformer ships its modeling code, hence ``trust_remote_code``)::
+The checkpoint carries the run's tokenizer (``tokenizer=DIR`` overrides it; checkpoints written
+before mdlm saved the tokenizer in them need it). Instead of a checkpoint, a folder written by
+``mdlm export`` (weights, config with ``mask_token_id``, tokenizer; mdlm's own Transformer ships its
+modeling code, hence ``trust_remote_code``)::
 
     mdlm-lm-eval --model mdlm --model_args pretrained=examples/parity_md,trust_remote_code=True,mc_num=32 ...
 
@@ -107,7 +109,10 @@ class MDLMEvalHarness(LM):
             ``weights_only=False``: it holds the backbone factory).
         tokenizer: tokenizer folder (or hub name, or a tokenizer object). Without ``mask_token_id`` it
             is loaded as in training, with :func:`mdlm.data.tokenizer.load_tokenizer` (``[MASK]`` added
-            when missing); with it, by ``AutoTokenizer`` as it is. Default with ``pretrained``: that folder.
+            when missing); with it, by ``AutoTokenizer`` as it is. Default with ``checkpoint``: the
+            tokenizer saved in the checkpoint (:func:`mdlm.data.tokenizer.tokenizer_from_checkpoint`;
+            checkpoints of older mdlm versions hold none and need this argument); with ``pretrained``:
+            that folder.
         model: instead of ``checkpoint``, a model object (``model(ids) -> logits``) — for Python use.
         pretrained: instead of ``checkpoint``, a folder written by ``mdlm export`` (or any transformers
             folder whose ``config.json`` has ``mask_token_id``), loaded with :func:`mdlm.export.load_exported`;
@@ -176,6 +181,10 @@ class MDLMEvalHarness(LM):
             )
         if pretrained is not None and tokenizer is None:
             tokenizer = str(pretrained)  # mdlm export saves the run's tokenizer beside the weights
+        if checkpoint is not None and tokenizer is None:  # the tokenizer the run trained with, saved in the checkpoint
+            from mdlm.data.tokenizer import tokenizer_from_checkpoint
+
+            tokenizer = tokenizer_from_checkpoint(str(checkpoint))
         if tokenizer is None:
             raise ValueError("tokenizer=<tokenizer folder> is required (the checkpoint holds no tokenizer)")
         if isinstance(batch_size, str) and batch_size.startswith("auto"):
@@ -488,7 +497,7 @@ class MDLMEvalHarness(LM):
 def main() -> None:
     """``mdlm-lm-eval``: lm-evaluation-harness's command line with the ``mdlm`` model registered.
 
-    ``mdlm-lm-eval --model mdlm --model_args checkpoint=last.ckpt,tokenizer=DIR,mc_num=128 --tasks arc_easy``
+    ``mdlm-lm-eval --model mdlm --model_args checkpoint=last.ckpt,mc_num=128 --tasks arc_easy``
     """
     from lm_eval.__main__ import cli_evaluate
 

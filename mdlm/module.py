@@ -13,6 +13,8 @@ import torch.nn as nn
 from lightning.pytorch import LightningModule
 
 from mdlm.answers import AnswerAccuracy, extract_answer, is_correct
+from mdlm.data.contract import MDLMDataModule
+from mdlm.data.tokenizer import CHECKPOINT_KEY as TOKENIZER_CHECKPOINT_KEY
 from mdlm.generation import generate, get_preset
 from mdlm.metrics import NELBO, TokenAccuracy
 from mdlm.normalizer import GlobalBatchNormalizer
@@ -391,10 +393,14 @@ class MaskedDiffusionLM(LightningModule):
         self.log("train/grad_norm", self.last_grad_norm.float(), on_step=True, on_epoch=False)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store every rank's global RNG states (torch, CUDA, numpy, python): dropout resumes exactly.
+        """Store every rank's global RNG states (torch, CUDA, numpy, python): dropout resumes exactly;
+        and the data module's tokenizer under ``"mdlm_tokenizer"``.
 
         t and masks need no state (keyed by step and row); the generators of dropout and of any
         user code do. Gathered over ranks (the hook runs on every rank) and restored per rank.
+        The tokenizer (:meth:`mdlm.data.contract.MDLMDataModule.tokenizer_state`: its files and their
+        sha256) lets :func:`mdlm.data.tokenizer.tokenizer_from_checkpoint` restore it without the
+        original files; parity and plain LightningDataModules store none.
         """
         import torch.distributed as dist
 
@@ -405,6 +411,10 @@ class MaskedDiffusionLM(LightningModule):
             dist.all_gather_object(gathered, states[0])
             states = gathered
         checkpoint["mdlm_rng_states"] = states
+        dm = self._datamodule()
+        tokenizer_state = dm.tokenizer_state() if dm is not None else None
+        if tokenizer_state is not None:
+            checkpoint[TOKENIZER_CHECKPOINT_KEY] = tokenizer_state
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore this rank's RNG states saved by :meth:`on_save_checkpoint` (if the run had as many ranks)."""
@@ -414,15 +424,20 @@ class MaskedDiffusionLM(LightningModule):
             set_rng_states(states[rank])
 
     # ------------------------------------------------------------------ evaluation
+    def _datamodule(self) -> MDLMDataModule | None:
+        """The trainer's data module when it follows mdlm's data contract (:mod:`mdlm.data.contract`), else None."""
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        return dm if isinstance(dm, MDLMDataModule) else None
+
     def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        dm = self._datamodule()  # a plain LightningDataModule: loaders "val"/"test", no answer groups
         names = {
-            "validate": list(getattr(dm, "val_dataloader_names", None) or ["val"]),
-            "test": list(getattr(dm, "test_dataloader_names", None) or ["test"]),
+            "validate": list((dm.val_dataloader_names if dm is not None else None) or ["val"]),
+            "test": list((dm.test_dataloader_names if dm is not None else None) or ["test"]),
         }
         self._eval_names = names
         if stage == "test" and "answer_acc" not in self.eval_metrics:
-            groups = sorted(getattr(dm, "answer_groups", None) or [])
+            groups = sorted(dm.answer_groups) if dm is not None else []
             self.eval_metrics["answer_acc"] = AnswerAccuracy(groups=groups or None)
         for name in names["validate"] + names["test"]:
             if _metric_key(name) not in self.eval_metrics:
@@ -435,7 +450,7 @@ class MaskedDiffusionLM(LightningModule):
         if dataloader_idx >= len(names):
             raise IndexError(
                 f"{stage} dataloader {dataloader_idx} has no name: the data module names {names} "
-                f"(set `val_dataloader_names`/`test_dataloader_names` on it)"
+                "(subclass mdlm.data.contract.MDLMDataModule and set `val_dataloader_names`/`test_dataloader_names`)"
             )
         return names[dataloader_idx]
 
@@ -508,12 +523,14 @@ class MaskedDiffusionLM(LightningModule):
 
     def _answer(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
         """Generate an answer for every prompt of a generation batch, decode, extract and check it."""
-        dm = getattr(self.trainer, "datamodule", None)
-        tokenizer = getattr(dm, "tokenizer", None)
-        if tokenizer is None:
-            raise RuntimeError("generation batches need a data module with a `tokenizer` to decode answers")
-        eos = getattr(dm, "eos_token_id", None)
-        pad = getattr(dm, "pad_token_id", None)
+        dm = self._datamodule()
+        if dm is None or dm.tokenizer is None:
+            found = type(getattr(self._trainer, "datamodule", None)).__name__
+            raise RuntimeError(
+                f"generation batches need an mdlm.data.contract.MDLMDataModule with a `tokenizer` to decode "
+                f"answers (found {found})"
+            )
+        tokenizer, eos, pad = dm.tokenizer, dm.eos_token_id, dm.pad_token_id
         kwargs = dict(
             mask_token_id=self.mask_token_id,
             eos_token_id=eos,

@@ -92,6 +92,25 @@ def blocks(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, classes)]
 
 
+
+# ---------------------------------------------------------------------------- checkpoints
+def write_tokenizer_beside_shards(strategy: Any, checkpoint: dict[str, Any], filepath: Any) -> Path | None:
+    """Rank 0 of a sharded (DCP) checkpoint directory writes the run's tokenizer files into ``<dir>/tokenizer/``.
+
+    The tokenizer state (``checkpoint["mdlm_tokenizer"]``, :func:`mdlm.data.tokenizer.tokenizer_to_state`)
+    is also part of the directory's ``meta.pt`` (Lightning saves the non-tensor entries there); the
+    folder makes it readable by any tool (``AutoTokenizer.from_pretrained(<dir>/tokenizer)``).
+    Returns the folder written, or None (another rank, a single-file checkpoint, no tokenizer).
+    """
+    from mdlm.data.tokenizer import CHECKPOINT_KEY, SHARDED_TOKENIZER_DIR, write_tokenizer_folder
+
+    path = Path(filepath)
+    state = checkpoint.get(CHECKPOINT_KEY)
+    if state is None or strategy.global_rank != 0 or not path.is_dir():
+        return None
+    return write_tokenizer_folder(state, path / SHARDED_TOKENIZER_DIR)
+
+
 # ---------------------------------------------------------------------------- FSDP (v1)
 class BlockFSDPStrategy(FSDPStrategy):
     """Lightning's ``FSDPStrategy`` with mdlm's block classes as the default wrap policy.
@@ -110,6 +129,11 @@ class BlockFSDPStrategy(FSDPStrategy):
     def __init__(self, checkpoint_blocks: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.checkpoint_blocks = bool(checkpoint_blocks)
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None) -> None:
+        """Lightning's save; a sharded directory also gets the tokenizer files (:func:`write_tokenizer_beside_shards`)."""
+        super().save_checkpoint(checkpoint, filepath, storage_options=storage_options)
+        write_tokenizer_beside_shards(self, checkpoint, filepath)
 
     def _setup_model(self, model: nn.Module) -> nn.Module:
         if "auto_wrap_policy" not in self.kwargs:
@@ -173,7 +197,8 @@ class FSDP2Strategy(ModelParallelStrategy):
         checkpoint_blocks, reshard_after_forward, cpu_offload, param_dtype, reduce_dtype,
             init_weights, pretrained: the :class:`FSDP2Plan`.
         save_distributed_checkpoint: True saves a sharded DCP directory (every rank writes its
-            shards), False a consolidated single file gathered on rank 0.
+            shards; rank 0 writes ``meta.pt`` and the run's tokenizer files in ``tokenizer/``), False a
+            consolidated single file gathered on rank 0.
         **kwargs: further ``ModelParallelStrategy`` arguments (``process_group_backend``, ``timeout``).
     """
 
@@ -205,6 +230,12 @@ class FSDP2Strategy(ModelParallelStrategy):
             checkpoint_blocks=checkpoint_blocks, reshard_after_forward=reshard_after_forward, cpu_offload=cpu_offload,
             param_dtype=param_dtype, reduce_dtype=reduce_dtype, init_weights=init_weights, pretrained=pretrained,
         )
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None) -> None:
+        """Lightning's save; a sharded (DCP) directory also gets the tokenizer files in ``<dir>/tokenizer/``
+        (:func:`write_tokenizer_beside_shards`)."""
+        super().save_checkpoint(checkpoint, filepath, storage_options=storage_options)
+        write_tokenizer_beside_shards(self, checkpoint, filepath)
 
     def setup_environment(self) -> None:
         if self._data_parallel_size == "auto":

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # experiments/ is not an installed package
-from experiments import adaptive_signal_probe as asp  # noqa: E402
-from mdlm.models.transformer import Transformer  # noqa: E402
+from experiments import adaptive_signal_probe as asp
+from mdlm.models.transformer import Transformer
 
 
 def _toy(seed: int = 0, n_layer: int = 2) -> Transformer:

@@ -332,6 +332,7 @@ def test_cli_fit_then_test_reports_accuracy_per_level(tmp_path, monkeypatch):
     from mdlm.cli import build_cli
 
     monkeypatch.chdir(REPO)
+    monkeypatch.setattr("sys.argv", ["mdlm"])
     configs = ["--config", "configs/sft_arithmetic.yaml", "--config", "configs/presets/arithmetic_smoke.yaml"]
     quiet = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
              f"--trainer.logger.init_args.save_dir={tmp_path}"]

@@ -16,8 +16,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from mdlm.data.shuffle import EpochShuffleSampler
-from mdlm.data.tokenizer import TokenizerError
 from mdlm.data.sft import (
     GSM8KDataModule,
     MATHDataModule,
@@ -27,6 +25,8 @@ from mdlm.data.sft import (
     iter_raw_records,
     read_records,
 )
+from mdlm.data.shuffle import EpochShuffleSampler
+from mdlm.data.tokenizer import TokenizerError
 from mdlm.objective import mask_tokens, md_loss
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -13,11 +13,11 @@ import warnings
 
 import pytest
 import torch
-from mdlm.testing.standins import make_folder
 
 from mdlm.models.families import FAMILIES, detect_family
 from mdlm.models.hf import HFBackbone
 from mdlm.models.meta_init import allocated_bytes, force_device
+from mdlm.testing.standins import make_folder
 
 V = 100  # the stand-ins' vocabulary; LLaDA's embedding is padded to 128 rows
 

@@ -13,9 +13,9 @@ from test_generation import (
     MASK,
     ORDINARY,
     PAD,
-    V,
     TargetModel,
     TinyBidirectional,
+    V,
     llada_generate,
     rand_ids,
 )
@@ -371,17 +371,10 @@ def test_module_answers_with_a_fast_preset(tmp_path, monkeypatch):
 def test_fast_benchmark_smoke(tmp_path):
     """``benchmarks/generation_throughput.py --fast --smoke`` runs every setting and counts tokens up
     to the first EOS only."""
-    import importlib
     import json
-    import sys
-    from pathlib import Path
 
-    bench_dir = Path(__file__).resolve().parents[1] / "benchmarks"
-    sys.path.insert(0, str(bench_dir))
-    try:
-        bench = importlib.import_module("generation_throughput")
-    finally:
-        sys.path.remove(str(bench_dir))
+    from benchmarks import generation_throughput as bench
+
     prompts, answers = bench.copy_task(5, 20, seed=0)
     assert prompts.shape == (5, bench.COPY_PROMPT) and (answers[:, bench.COPY_PROMPT :] == bench.COPY_EOS).all()
     for p, a in zip(prompts, answers):  # the answer is the prompt's content, then EOS

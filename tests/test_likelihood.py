@@ -106,14 +106,14 @@ def enumerate_elbo(model, prompt, cont):
     L = len(cont)
     values = {}
     by_l = {}
-    for l in range(1, L + 1):
+    for ell in range(1, L + 1):
         vals = []
-        for S in itertools.combinations(range(L), l):
-            v = (L / l) * _masked_logprobs(model, prompt, cont, set(S))
+        for S in itertools.combinations(range(L), ell):
+            v = (L / ell) * _masked_logprobs(model, prompt, cont, set(S))
             values[frozenset(S)] = v
             vals.append(v)
         vals = torch.tensor(vals, dtype=torch.float64)
-        by_l[l] = (float(vals.mean()), float(((vals - vals.mean()) ** 2).mean()))
+        by_l[ell] = (float(vals.mean()), float(((vals - vals.mean()) ** 2).mean()))
     elbo = sum(m for m, _ in by_l.values()) / L
     second = sum(var + m * m for m, var in by_l.values()) / L
     return elbo, second - elbo * elbo, by_l, values
@@ -153,11 +153,11 @@ def test_draws_mask_l_uniform_positions_uniform_subsets(stratified):
     else:
         sd = math.sqrt(n * (1 / L) * (1 - 1 / L))
         assert (per_l - n / L).abs().max() < 4.5 * sd
-    for l in range(1, L + 1):  # given l, every l-subset equally likely
-        rows = masks[counts == l]
+    for ell in range(1, L + 1):  # given l, every l-subset equally likely
+        rows = masks[counts == ell]
         subsets = [tuple(r.nonzero().flatten().tolist()) for r in rows]
-        k = math.comb(L, l)
-        freq = torch.tensor([subsets.count(S) for S in itertools.combinations(range(L), l)], dtype=torch.float64)
+        k = math.comb(L, ell)
+        freq = torch.tensor([subsets.count(S) for S in itertools.combinations(range(L), ell)], dtype=torch.float64)
         expected = len(subsets) / k
         sd = math.sqrt(len(subsets) * (1 / k) * (1 - 1 / k)) if k > 1 else 1.0
         assert len(freq) == k and (freq - expected).abs().max() < 4.5 * sd

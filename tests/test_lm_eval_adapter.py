@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,8 +15,8 @@ lm_eval = pytest.importorskip("lm_eval", reason="lm-eval is an optional extra: p
 
 from lm_eval.api.instance import Instance  # noqa: E402
 
-from mdlm.lm_eval_adapter import MDLMEvalHarness, _key  # noqa: E402
 from mdlm.likelihood import estimate_log_likelihoods, greedy_matches  # noqa: E402
+from mdlm.lm_eval_adapter import MDLMEvalHarness, _key  # noqa: E402
 
 MAX_LEN = 48
 CHOICES = [" deep blue", " fresh green grass", " loud noise"]

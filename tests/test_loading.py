@@ -303,8 +303,9 @@ def test_each_rank_reads_only_its_rows(checkpoints, fake_group, monkeypatch, lay
     """A rank of a W-rank FSDP2 mesh (meta init, through parallelize and the backbone contract) requests
     exactly its dim-0 rows of every tensor from safe_open (none when it holds none: rank 70 of 80), and
     its local shards equal those rows of the saved model; rotary buffers are rebuilt."""
-    import mdlm.models.loading as loading
     from torch.distributed.tensor import DTensor
+
+    import mdlm.models.loading as loading
 
     folder, ref = checkpoints[layout]
     recorder = _script_module().Recorder(loading.safe_open)  # the 2-rank script's safe_open spy
@@ -408,7 +409,7 @@ def test_two_rank_sharded_load_matches_from_pretrained(checkpoints, tmp_path):
                 n = res["shards"][read["key"]]["shape"][0]
                 assert read["block"][0] == list(rows(n, rank, 2)), (run, rank, read)
         # together: every stored key once per rank, the two row ranges tile the tensor
-        for rank, res in enumerate(per_rank):
+        for res in per_rank:
             keys = [read["key"] for read in res["reads"]]
             assert sorted(keys) == sorted(stored), run
         if r0["bytes_read"] is not None:

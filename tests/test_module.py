@@ -11,8 +11,8 @@ from conftest import tiny_trainer
 from mdlm.data.parity import ParityDataModule
 from mdlm.models.transformer import Transformer
 from mdlm.module import MaskedDiffusionLM, evaluation_t
-from mdlm.optim import lr_factor, parameter_groups
 from mdlm.objective import mask_tokens, md_loss, token_nll
+from mdlm.optim import lr_factor, parameter_groups
 from mdlm.samplers import Fixed, MaskRatioSampler, Uniform, Window
 
 

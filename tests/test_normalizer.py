@@ -44,7 +44,7 @@ def _accumulated(x, masked, accumulate, world, monkeypatch):
         rows = [slice((a * world + r) * B, (a * world + r + 1) * B) for r in range(world)]
         parts = [_parts(weights[r], x[rows[r]], masked[rows[r]]) for r in range(world)]
         summed = torch.stack([torch.stack([n.detach().float(), z.float()]) for n, z in parts]).sum(0)
-        monkeypatch.setattr(dist, "all_reduce", lambda tensor, op=None, group=None: tensor.copy_(summed))
+        monkeypatch.setattr(dist, "all_reduce", lambda tensor, op=None, group=None, summed=summed: tensor.copy_(summed))
         for r in range(world):
             loss, log = normalizers[r](*parts[r], micro_step=a, world_size=world)
             (loss / accumulate).backward()

@@ -195,7 +195,9 @@ def test_two_rank_ddp_and_fsdp2(tmp_path):
         assert r0["world_size"] == 2
         assert r0["losses"] == pytest.approx(rec.losses, abs=1e-6), name  # the logged global loss
         assert r0["losses"] == r1["losses"]
-        assert r0["grad_norms"] == pytest.approx(rec.grad_norms, rel=1e-5), name
+        # float32 all-reduce vs one-process sums: the order of additions differs and compounds over the steps
+        # (1.2e-5 relative measured on an AMD EPYC); a wrong normalisation is off by a factor, not by 1e-4
+        assert r0["grad_norms"] == pytest.approx(rec.grad_norms, rel=1e-4), name
         assert all(n > dc.CLIP for n in rec.grad_norms)  # clipping was active at every step
         for t0, t1, t in zip(r0["t"], r1["t"], rec.t):
             assert not set(t0) & set(t1)  # t never repeats across ranks ...

@@ -7,7 +7,6 @@ checkpoint, then ``mdlm test`` generating and scoring MATH-500 answers from that
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -22,9 +21,8 @@ MATH500 = REPO.parent / "shared" / "data" / "math" / "math500_test.jsonl"
 @pytest.mark.distributed
 @pytest.mark.skipif(not MATH500.is_file(), reason=f"MATH-500 not staged at {MATH500}")
 def test_the_8b_route_rehearsal_runs_end_to_end(tmp_path):
-    spec = importlib.util.spec_from_file_location("rehearse_8b_route", REPO / "benchmarks" / "rehearse_8b_route.py")
-    rehearsal = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(rehearsal)
+    from benchmarks import rehearse_8b_route as rehearsal
+
     out = tmp_path / "rehearsal"
     results = rehearsal.main(["--out", str(out), "--json", str(tmp_path / "rehearsal.json")])
     assert json.loads((tmp_path / "rehearsal.json").read_text())["wall_s"] == results["wall_s"]

@@ -2,31 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
+from benchmarks import sampler_comparison as sc
 from mdlm.cli import build_cli
 from mdlm.samplers import AdaptiveBins, CosineCurriculum, Uniform, Window
 
 REPO = Path(__file__).resolve().parents[1]
 ONE_STEP = ["--trainer.fast_dev_run=1", "--trainer.logger=false", "--trainer.enable_checkpointing=false",
             "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
-
-
-def _load():
-    if str(REPO / "benchmarks") not in sys.path:  # the script imports benchmarks/_fit.py
-        sys.path.insert(0, str(REPO / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("sampler_comparison", REPO / "benchmarks" / "sampler_comparison.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-sc = _load()
 
 
 def test_adaptive_overhead_counts_probe_forwards_against_three_passes_per_training_token():

@@ -5,12 +5,12 @@ from __future__ import annotations
 import csv
 import importlib
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
+from conftest import tiny_trainer
 from torch.utils.data import DataLoader
 
 from mdlm.models.transformer import Transformer
@@ -23,16 +23,11 @@ from mdlm.throughput import (
     matmul_parameters,
     measure_peak_flops,
 )
-from conftest import tiny_trainer
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def _bench(name: str):
-    """Import a benchmark script as a module."""
-    if str(BENCHMARKS) not in sys.path:
-        sys.path.insert(0, str(BENCHMARKS))
-    return importlib.import_module(name)
+    """A benchmark script as a module (``benchmarks.<name>``)."""
+    return importlib.import_module(f"benchmarks.{name}")
 
 
 # ------------------------------------------------------------------ FLOP formula

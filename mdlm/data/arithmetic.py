@@ -483,11 +483,13 @@ class ArithmeticDataModule(SFTDataModule):
         tokenizer: ``"char"`` (the character tokenizer of :func:`char_tokenizer`, built into
             ``cache_dir``) or any tokenizer spec :class:`SFTDataModule` accepts (a pretrained one
             without ``[MASK]`` needs ``add_mask_token: true`` when training from scratch).
-        max_length: longest training sample in tokens; None = the bound :func:`max_sample_chars`
-            gives for the chosen levels (a character bound: no byte-level tokenizer makes more
-            tokens than characters of ASCII text).
-        pad_to: default ``batch`` (the levels differ in length, so padding to the longest row of the
-            batch saves compute); the other arguments are those of :class:`SFTDataModule`.
+        max_length: every training row is padded (with supervised EOS) to this many tokens; None =
+            the longest sample of the chosen levels (:func:`max_sample_chars`; a character count,
+            which no byte-level tokenizer exceeds on ASCII text). With learned absolute positions
+            set it to at least the longest prompt plus the generation budget, so every position a
+            generation reaches has been trained (``configs/sft_arithmetic.yaml`` does).
+        pad_to, supervise_padding, template, num_shots, batch_size, eval_batch_size, num_workers,
+            mask_token_id, add_mask_token: as in :class:`SFTDataModule`.
 
     Records have ``dataset="gsm8k"`` (answers checked by :func:`mdlm.answers.is_correct` as GSM8K)
     and group ``"Level <n>"``, so ``mdlm test`` logs ``test/answer_accuracy/Level <n>``.
@@ -506,7 +508,7 @@ class ArithmeticDataModule(SFTDataModule):
         add_mask_token: bool = False,
         template: Literal["auto", "chat", "plain"] = "auto",
         max_length: int | None = None,
-        pad_to: Literal["max_length", "batch"] = "batch",
+        pad_to: Literal["max_length", "batch"] = "max_length",
         supervise_padding: bool = True,
         num_shots: int = 0,
         batch_size: int = 64,

@@ -13,9 +13,9 @@ from __future__ import annotations
 import logging
 
 import torch
-from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
+from mdlm.data.contract import MDLMDataModule
 from mdlm.data.shuffle import GlobalBatchShuffleSampler, ResumableDataLoader
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class ParityDataset(Dataset):
         }
 
 
-class ParityDataModule(LightningDataModule):
+class ParityDataModule(MDLMDataModule):
     """k-parity with a finite training set.
 
     Args:
@@ -74,7 +74,8 @@ class ParityDataModule(LightningDataModule):
         seed: seeds the secret and the data.
         batch_size: training batch size; eval_batch_size: evaluation batch size.
     Validation runs two loaders, named ``val`` (fresh data) and ``train`` (training data), so the
-    logged metrics are ``val/label_acc`` and ``train/label_acc``.
+    logged metrics are ``val/label_acc`` and ``train/label_acc``. The data contract
+    (:mod:`mdlm.data.contract`): ``vocab_size`` 3, ``mask_token_id`` 2, no tokenizer, EOS or padding.
     """
 
     val_dataloader_names = ["val", "train"]

@@ -77,10 +77,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from lightning.pytorch import LightningDataModule
 from litdata import StreamingDataLoader, StreamingDataset, TokensLoader
 from litdata.streaming.sampler import ChunkedIndex
 
+from mdlm.data.contract import MDLMDataModule
 from mdlm.data.packing import DOCUMENT_MODES, batched, count_blocks, iter_line_documents, pack_documents, text_lines
 from mdlm.data.tokenizer import (
     TokenizerError,
@@ -486,7 +486,7 @@ def optimize(*args: Any, **kwargs: Any) -> None:
     _optimize(*args, **kwargs)
 
 
-class TextDataModule(LightningDataModule):
+class TextDataModule(MDLMDataModule):
     """Packed text for masked diffusion: documents joined with EOS, read as blocks of ``block_length``.
 
     Sources (per split; give files, or a Hugging Face dataset):
@@ -518,12 +518,9 @@ class TextDataModule(LightningDataModule):
         resume_topology: ``"strict"`` refuses resuming the train stream with another world size,
             worker count or batch size; ``"elastic"`` lets litdata restripe (no duplicates, other order).
 
-    After ``__init__``: ``tokenizer``, ``vocab_size`` (``len(tokenizer)``), ``mask_token_id``,
-    ``pad_token_id``, ``eos_token_id``.
+    After ``__init__`` (the data contract, :mod:`mdlm.data.contract`): ``tokenizer``, ``vocab_size``
+    (``len(tokenizer)``), ``mask_token_id``, ``pad_token_id``, ``eos_token_id``.
     """
-
-    val_dataloader_names = ["val"]
-    test_dataloader_names = ["test"]
 
     def __init__(
         self,
@@ -901,7 +898,12 @@ class TextDataModule(LightningDataModule):
         if split in self.prepared and is_remote(str(path)):
             enable_http_endpoint(self.storage_options)
             key = hashlib.sha256(str(path).encode()).hexdigest()[:16]
-            remote = {"storage_options": self.storage_options, "cache_dir": str(self.cache_dir / "streaming" / key)}
+            # one streaming cache per local rank: ranks that share one litdata cache race on its index.json
+            # (a rank read the half-downloaded copy of another and found "no index.json"); each rank streams
+            # only its own chunks, so little is downloaded twice
+            rank = self.trainer.local_rank if self.trainer is not None else 0
+            cache = self.cache_dir / "streaming" / key / f"rank{rank}"
+            remote = {"storage_options": self.storage_options, "cache_dir": str(cache)}
         dataset = BlockDataset(
             input_dir=str(path),
             **remote,

@@ -26,11 +26,9 @@ hf_checkpointing  whether transformers' ``gradient_checkpointing_enable`` works;
                 and refuses the HF one, so mdlm checkpoints each block itself.
 ==============  =========================================================================================
 
-Verified against (see the README's backbone table): LLaDA's and Dream's published remote code, read
-(``modeling_llada.py`` in its pre- and post-October-2025 versions, ``modeling_dream.py``,
-``generation_utils.py``) and run at a tiny size under transformers 5.24 outside the repository; the
-tests run local stand-ins written to reproduce those traits (:mod:`mdlm.testing.standins`), not the
-files themselves.
+The rows describe LLaDA's and Dream's published remote code; the tests run local stand-ins written
+to reproduce those traits (:mod:`mdlm.testing.standins`), not the files themselves. What was read
+and run, under which transformers version: ``docs/models.md``.
 """
 
 from __future__ import annotations

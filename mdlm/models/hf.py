@@ -24,11 +24,9 @@ is built (``verify=True``): changing tokens 1..L-1 must change the logits at pos
 ``RuntimeError``), and changing the content of padded positions must not change the logits at real
 positions (else a warning: some models, LLaDA among them, attend to padding by design).
 
-Verified offline (tiny models from configs, ``tests/test_hf_backbone.py``, transformers 5.24): Llama,
-Qwen2, Qwen3, Mistral (also with a sliding window), GPT-2 and BERT (masked LM), each with ``sdpa`` and
-``eager``, left and right padding, against an unmodified copy of the model given an explicit 4D mask.
-``flex_attention`` matched ``eager`` on Llama once by hand (not in the tests: it compiles for ~75 s on
-CPU); ``flash_attention_2`` and GPUs are not verified.
+``tests/test_hf_backbone.py`` checks this for Llama, Qwen2, Qwen3, Mistral (also with a sliding
+window), GPT-2 and BERT against an unmodified copy of the model given an explicit 4D mask; which
+attention implementations and versions were verified is recorded in ``docs/models.md``.
 
 Remote code (LLaDA, Dream)
 --------------------------

@@ -1,97 +1,41 @@
-r"""An adaptive mask-ratio sampler: put training where the loss is currently falling fastest.
+r"""An adaptive mask-ratio sampler: put training where the probe loss is currently falling fastest.
 
-Why
----
-For k-parity the paper shows that only the *signal regime* teaches the rule: a masked sequence is
-informative when exactly one position of S ∪ {label} is masked, which happens with probability
-:math:`P_S(t) = (k+1)\,t(1-t)^k` (:mod:`mdlm.samplers.parity`); elsewhere (the noise regime) the
-loss only shrinks the outputs. Training t near the signal-optimal point 1/(k+1) — or, on text, near
-the paper's measured t* ≈ 0.46 — beats U[0, 1]. Both choices need knowledge (k, or a ten-run
-ablation). :class:`AdaptiveBins` is not told k: it *measures* where learning happens. In the
-signal regime the loss at that t is reducible and falls as the model learns; in the noise regime it
-sits at its irreducible level. So the per-t decrease of a fixed probe's loss is an observable proxy
-of :math:`P_S(t)` times the learning speed, and sampling t where it is largest moves training to
-the signal regime without being told where it is.
+:class:`AdaptiveBins` is not told where learning happens (k for k-parity, t* for text); it measures
+it. t ∈ [eps, 1] is cut into ``num_bins`` equal bins :math:`B_j` (bin 0 starts at eps) with target
+masses :math:`p_j = |B_j| / (1 - \epsilon)` (those of U[eps, 1]). Sampling is an inverse CDF on u
+alone: the bin from the cumulative bin probabilities :math:`q`, then t uniform within the bin
+(stratified u stay stratified). q = p until the first update; then:
 
-The rule
---------
-t ∈ [eps, 1] is cut into ``num_bins`` equal bins :math:`B_j` (bin 0 starts at eps) with target
-masses :math:`p_j = |B_j| / (1 - \epsilon)` (the masses of U[eps, 1]). Sampling is an inverse CDF
-on u alone: the bin is chosen by the cumulative bin probabilities :math:`q`, then t is uniform
-within the bin (stratified u stay stratified).
-
-1. **Probe.** A fixed batch, kept for the whole run (and checkpointed): the first ``probe_size``
-   sequences (default: all) of the first training batch (``probe_source="train"``), or of the
-   data module's first validation batch (``probe_source="val"``: held-out data, so the signal is
-   generalising progress rather than memorisation of training sequences). Its token masks are
-   keyed uniforms :math:`v_{bi}` fixed for the whole run; bin j masks :math:`v_{bi} < c_j` at the
-   bin centre :math:`c_j` (nested masks, the same at every measurement).
-2. **Measure.** At the first training batch (the baseline) and then every ``update_every``
-   optimizer steps, in ``on_train_batch_end``, ``num_bins`` extra forward passes on the probe
-   (``torch.no_grad()``, eval mode, every submodule's train/eval flag restored afterwards) give the
-   per-bin loss :math:`L_j` (the 1/t-weighted masked cross-entropy per maskable token at
-   :math:`t = c_j`, :mod:`mdlm.objective`, whatever the module's ``loss_weight``: at a fixed t
-   the weighting is a constant factor, which the signal below ignores; their mean is the probe's
-   midpoint-rule NELBO). Under
-   DDP the losses are averaged over ranks, so every rank keeps the same q. ``extra_forward_tokens``
-   counts the probe tokens (``num_bins × P × L`` per measurement) for equal-compute comparisons.
-3. **Signal: the per-bin relative decrease.** :math:`r_j = \log L_j^{prev} - \log L_j^{now}`
-   (≈ :math:`(L_j^{prev} - L_j^{now}) / L_j^{prev}`), smoothed by an EMA
-   :math:`s \leftarrow \beta s + (1-\beta) r` (``smoothing`` = β; the first update takes
-   :math:`s = r`). Raw decreases are not comparable across bins: the loss level differs from bin
-   to bin (context shrinks with t; irreducible entropy, e.g. the random bits of parity, dominates
-   every bin; the 1/t-normalised probe loss also carries a fixed mask-count factor per bin), so the
-   same relative progress is a different absolute drop. The log-ratio is free of every per-bin
-   constant factor. It also telescopes — summed over updates it is :math:`\log(L^{start}/L^{now})`
-   — so the EMA averages out up-and-down fluctuations of the loss (SGD noise) while a steady
-   decrease accumulates. Because the masks are fixed, each difference is a common-random-numbers
-   estimate: it measures the change of the model, not mask resampling noise.
-4. **Allocation: a tilted softmax with a floor.**
+1. **Probe.** A fixed batch, kept for the run and checkpointed: the first ``probe_size`` sequences
+   of the first training batch (``probe_source="train"``) or of the first validation batch
+   (``"val"``). Its token masks are keyed uniforms :math:`v_{bi}` fixed for the run; bin j masks
+   :math:`v_{bi} < c_j` at the bin centre :math:`c_j` (nested masks, the same at every measurement).
+2. **Measure.** At the first training batch and then every ``update_every`` optimizer steps
+   (``on_train_batch_end``), ``num_bins`` no-grad, eval-mode forwards on the probe (train/eval flags
+   restored) give the per-bin loss :math:`L_j`: the 1/t-weighted masked cross-entropy per maskable
+   token at :math:`t = c_j`, whatever the module's ``loss_weight``. Averaged over DDP ranks (every
+   rank keeps the same q); the probe tokens are counted in ``extra_forward_tokens``.
+3. **Signal.** :math:`r_j = \log L_j^{prev} - \log L_j^{now}`, smoothed by an EMA
+   :math:`s \leftarrow \beta s + (1-\beta) r` (``smoothing`` = β; the first update takes :math:`s = r`).
+4. **Allocation.** A tilted softmax with a floor:
 
    .. math:: q_j = (1 - m\,\mu)\,
              \frac{p_j \exp(s_j / (\tau S))}{\sum_i p_i \exp(s_i / (\tau S))} + \mu,
              \qquad S = \max(\max_i |s_i|,\ \sigma)
 
-   with τ = ``temperature``, μ = ``min_prob``, m = ``num_bins`` and σ = ``min_signal``.
-   Normalising by the largest |s| makes τ a dimensionless concentration (before the floor,
-   :math:`q_{max}/q_{min} \le e^{2/\tau}\,p_{max}/p_{min}`) that does not drift as improvements
-   shrink by orders of magnitude over training, so a weak but real late signal (a few label tokens
-   starting to be learnt) is still acted on. ``min_signal`` σ treats signals below σ (in log-loss
-   decrease per update) as noise: the tilt fades to q = p as the signal vanishes. Without it
-   (σ = 0, fully scale-free) a plateau's tiny fluctuations are blown up to full concentration and
-   q wanders: on a tiny parity run that learnt nothing (n = 8, k = 2, a 64-sequence validation
-   probe, ``update_every=25``, 1,500 steps; probe losses fluctuating by ≈ 0.1–1 % between
-   updates), σ = 0 moved bin [0, 0.1] between 3 % and 43 % from one logged update to the next,
-   while the default σ = 0.01 (1 % per update) kept every bin within 0.05 of p. Raise σ for
-   noisier probes (small ``probe_size``); lower it when ``update_every`` is small (a real trend's
-   decrease per update scales with ``update_every``, the fluctuations do not). Tilting the target
-   masses means zero signal gives back U[eps, 1] (importance weights of 1). The floor μ keeps
-   every bin alive (:math:`q_j \ge \mu`), so a bin whose loss only starts to fall later
-   (grokking) is still trained and measured, and bounds the importance weights by
-   :math:`p_j/\mu`. Until the first update, q = p. Everything is deterministic given the seed
-   (keyed masks, eval-mode forwards).
+   with τ = ``temperature``, μ = ``min_prob``, m = ``num_bins`` and σ = ``min_signal`` (signals below
+   σ fade the tilt to q = p). Everything is deterministic given the seed.
 
-   In ``distribution`` mode there is a rich-get-richer feedback (a bin trained more improves
-   more); it is self-limiting — a bin's log-loss decrease shrinks as its loss approaches its floor —
-   and the floor μ keeps the other bins measured and trained. (An exponentiated-gradient
-   alternative, q ∝ q·exp(η r), would accumulate all past progress and never forget a bin that has
-   converged; the EMA forgets on a horizon of about 1/(1-β) updates.)
-
-Two modes
----------
-``mode="distribution"`` changes the training distribution to q, like the paper's windows: the
-objective becomes :math:`E_{t \sim q}[\ldots]` (a *different* regulariser, the point of the paper).
-
-``mode="importance"`` keeps the objective: t is drawn from q but each sequence carries the weight
-:math:`w(t) = p(t)/q(t) = p_j / q_j` for t in bin j (p = U[eps, 1]); :math:`E_q[w] = 1` and
-:math:`E_q[w\,f(t)] = E_p[f(t)]`, so the weighted loss is an unbiased estimate of the NELBO and
-only its variance changes (more samples where the loss is changing). The weights of the latest
-draw are :attr:`importance_weights` (float32 [B], ``None`` in distribution mode) and the
-``weights`` of :meth:`draw_batch`'s :class:`~mdlm.samplers.base.MaskDraw`; the module multiplies
-each sequence's term of the loss by them before the normalisation (unbiased for the
+``mode="distribution"`` trains on t ~ q (a different objective, like the paper's windows).
+``mode="importance"`` draws t ~ q but weights each sequence by :math:`w = p_j / q_j` for t in bin j,
+so :math:`E_q[w\,f(t)] = E_p[f(t)]`: the weighted loss stays an unbiased NELBO estimate (for the
 ``batch_tokens``, ``maskable_tokens`` and ``per_sequence`` normalisations, whose denominators do
-not depend on t; ``masked_tokens`` is biased anyway). The weights belong to the draw that made
-them: read them right after :meth:`draw` (q changes only between steps, in ``on_train_batch_end``).
+not depend on t; ``masked_tokens`` is biased anyway). The weights are :attr:`importance_weights`
+and the ``weights`` of :meth:`draw_batch`'s :class:`~mdlm.samplers.base.MaskDraw`; they belong to
+the draw that made them (q changes only between steps, in ``on_train_batch_end``).
+
+Why each choice (the log-ratio signal, the normalised temperature, σ, the floor) and what was
+measured: ``docs/adaptive.md``.
 """
 
 from __future__ import annotations
@@ -125,7 +69,7 @@ ProbeSource = Literal["train", "val"]
 class AdaptiveBins(MaskRatioSampler):
     """Adaptive distribution over ``num_bins`` equal t bins, driven by the measured probe-loss decrease.
 
-    See the module docstring for the rule and its reasoning.
+    See the module docstring for the rule and ``docs/adaptive.md`` for its reasoning.
 
     Args:
         num_bins: number of equal bins of [0, 1] (bin 0 starts at eps).

@@ -28,7 +28,6 @@ A user-defined schedule, e.g. t = U[0, 1]^2 (more low mask ratios)::
 from __future__ import annotations
 
 import math
-
 import os
 from dataclasses import dataclass
 from typing import Any
