@@ -8,15 +8,18 @@ accuracy per level with 95 % Wilson intervals, the paired difference and an exac
 query positions per answer, and answers per second. Settings alternate batch by batch (rotated order),
 so a load change of the machine touches them all alike.
 
-    python experiments/arithmetic_decoding.py --ckpt runs/sft_arithmetic/version_0/checkpoints/last.ckpt
+    python experiments/arithmetic_decoding.py --ckpt runs/sft_arithmetic/version_0/checkpoints/last.ckpt \
+        --png benchmarks/results/arithmetic_decoding.png
     python experiments/arithmetic_decoding.py --ckpt ... --limit 64      # a quick look
 
-Results: ``benchmarks/results/arithmetic_decoding.json`` and ``.md``.
+Results: ``benchmarks/results/arithmetic_decoding.json`` and ``.md``; ``--png`` plots accuracy against
+answers/s (``--replot --png F`` redraws it from the JSON).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -218,9 +221,34 @@ def markdown(data: dict[str, Any]) -> str:
     ])
 
 
+def plot(data: dict[str, Any], path: Path) -> None:
+    """Accuracy (95 % Wilson interval) against answers/s, one point per setting, log x axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, r in data["results"]["rows"].items():
+        lo, hi = r["wilson95"]
+        color = "tab:blue" if r["block_length"] == 32 else "tab:orange"
+        marker = "s" if name.startswith("exact") else "o"
+        ax.errorbar(r["answers_per_s"], r["accuracy"], yerr=[[r["accuracy"] - lo], [hi - r["accuracy"]]],
+                    fmt=marker, color=color, capsize=2)
+        ax.annotate(name, (r["answers_per_s"], r["accuracy"]), fontsize=7, xytext=(4, -3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("answers / s (one thread; same batches, settings alternated)")
+    ax.set_ylabel("accuracy (95 % Wilson interval)")
+    ax.set_title("Arithmetic task: fast decoding vs the exact loop (blue: one block of 32, orange: blocks of 8)",
+                 fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--ckpt", required=True, help="a checkpoint of configs/sft_arithmetic.yaml")
+    p.add_argument("--ckpt", help="a checkpoint of configs/sft_arithmetic.yaml")
     p.add_argument("--config", default="configs/sft_arithmetic.yaml", help="the config the checkpoint was trained with")
     p.add_argument("--levels", nargs="+", type=int, default=None,
                    help="test these levels instead of the config's (for a checkpoint trained on other levels)")
@@ -229,7 +257,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--limit", type=int, default=0, help="at most this many test problems (0 = all)")
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     p.add_argument("--out", default=str(RESULTS / "arithmetic_decoding.json"))
+    p.add_argument("--png", default=None, help="also plot accuracy against answers/s to this file")
+    p.add_argument("--replot", action="store_true", help="only redraw --png from the existing --out JSON")
     args = p.parse_args(argv)
+    if args.replot:
+        if not args.png:
+            p.error("--replot needs --png")
+        plot(json.loads(Path(args.out).read_text()), Path(args.png))
+        return json.loads(Path(args.out).read_text())
+    if not args.ckpt:
+        p.error("--ckpt is required")
     for block in {SETTINGS[n][0] for n in args.settings}:
         if f"exact b{block}" not in args.settings:
             p.error(f"--settings needs 'exact b{block}', the reference of its block length")
@@ -239,7 +276,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "gen_length": args.gen_length, "threads": torch.get_num_threads(), "machine": machine_record(),
             "wall_time_s": time.perf_counter() - t0, "results": results}
     write_results(Path(args.out), data, markdown)
-    print(markdown(data))
+    if args.png:
+        plot(data, Path(args.png))
     return data
 
 
