@@ -7,7 +7,7 @@ Each run is a plain ``mdlm fit`` of a shipped config (plus overrides) in a subpr
         --run md=configs/parity_md.yaml --run ce=configs/parity_ce.yaml --seeds 0 1 2
 
 ``--run NAME=CONFIG[;OVERRIDE;OVERRIDE...]`` may repeat. Then ``benchmarks/parity_report.py``
-turns the results into the README table and plot.
+turns the results into the table and plot of docs/parity.md.
 """
 
 from __future__ import annotations

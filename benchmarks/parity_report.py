@@ -1,9 +1,9 @@
-"""Turn ``parity.json`` (from ``parity_grokking.py``) into the README table and a PNG.
+"""Turn ``parity.json`` (from ``parity_grokking.py``) into the table of docs/parity.md and a PNG.
 
-    python benchmarks/parity_report.py benchmarks/results/parity*.json --png benchmarks/results/parity.png --readme README.md
+    python benchmarks/parity_report.py benchmarks/results/parity*.json --png benchmarks/results/parity.png --readme docs/parity.md
 
-The table sits in the README between ``<!-- parity-table:start -->`` and ``<!-- parity-table:end -->``;
-``tests/test_results_tables.py`` checks that it equals what this script generates from the JSON.
+The table sits in docs/parity.md between ``<!-- parity-table:start -->`` and ``<!-- parity-table:end -->``;
+``tests/benchmarks/test_results_tables.py`` checks that it equals what this script generates from the JSON.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ tokens each run actually spent.
     python benchmarks/sampler_comparison.py --task parity --seeds 0 1 2 --workers 2 \
         --out benchmarks/results/sampler_comparison_parity.json
     python benchmarks/sampler_comparison.py --report benchmarks/results/sampler_comparison_*.json \
-        --png benchmarks/results/sampler_comparison.png --readme README.md
+        --png benchmarks/results/sampler_comparison.png --readme docs/samplers.md
 
 ``--reuse FILE`` copies a run from another results file instead of re-running it when that file
 holds a run with the identical command (e.g. the U[0, 1] runs of the WikiText ablation).

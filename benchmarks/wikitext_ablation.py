@@ -4,7 +4,7 @@ Every run is ``mdlm fit --config configs/wikitext_ablation.yaml`` with one overr
 ``--sampler=mdlm.samplers.Uniform``) at equal steps; its final evaluation is the NELBO per token
 over t ∈ [0, 1] on the WikiText-2 test split. ``--workers`` runs that many fits at once (each with
 ``--threads`` threads). Results go to one JSON; ``--png`` plots test loss per training bin with
-U[0, 1] as a line, and ``--readme`` rewrites the table between the README's markers.
+U[0, 1] as a line, and ``--readme`` rewrites the table between the markers of the page it names (docs/data.md).
 
     python benchmarks/wikitext_ablation.py --seeds 0 1 --workers 1 --threads 1 \
         --out benchmarks/results/wikitext_ablation.json --png benchmarks/results/wikitext_ablation.png

@@ -97,7 +97,7 @@ for _cache in (None, "prefix", "dual"):
 
 
 # ---------------------------------------------------------------------------------------------
-# metrics (pure functions; tested against hand computations in tests/test_wikitext_generation.py)
+# metrics (pure functions; tested against hand computations in tests/benchmarks/test_wikitext_generation.py)
 # ---------------------------------------------------------------------------------------------
 def unigram_entropy(tokens: Sequence[int], base: float = 2.0) -> float:
     """Entropy of the empirical token distribution of ``tokens`` (bits for base 2); NaN when empty."""

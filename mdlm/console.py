@@ -101,7 +101,7 @@ def default_num_threads(processes_on_node: int) -> int:
 
     Available cores = the cores this process may use (its affinity) minus the 1-minute load average of
     the machine, rounded (at least 1): on a shared machine a thread per busy core only adds contention
-    (measured in the README). ``MDLM_NUM_THREADS`` or ``OMP_NUM_THREADS`` overrides it (see the CLI).
+    (measured in docs/performance.md). ``MDLM_NUM_THREADS`` or ``OMP_NUM_THREADS`` overrides it (see the CLI).
     """
     try:
         cores = len(os.sched_getaffinity(0))

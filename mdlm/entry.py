@@ -46,7 +46,7 @@ def help_text(cwd: Path | None = None) -> str:
     if configs.is_dir():
         text += "\nconfigs (./configs; compose override sets from configs/presets, configs/data, configs/trainer):\n"
         text += "\n".join(_configs(configs)) + "\n"
-    text += "\ndocs: README.md (quick start, samplers, scaling, results) and docs/ in the repository\n"
+    text += "\ndocs: README.md (quick start, your own sampler, code map) and docs/ (samplers, scaling, results, ...) in the repository\n"
     return text
 
 

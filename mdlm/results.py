@@ -6,7 +6,7 @@ The file (default ``<log_dir>/metrics.json``) holds::
      "history": [{"step", "epoch", "wall_time_s", <every scalar metric>}, ...]}
 
 and is rewritten after every validation, so an interrupted run keeps what it measured.
-README tables and plots are generated from these files (see ``benchmarks/``).
+The tables and plots in docs/ are generated from these files (see ``benchmarks/``).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ is built (``verify=True``): changing tokens 1..L-1 must change the logits at pos
 ``RuntimeError``), and changing the content of padded positions must not change the logits at real
 positions (else a warning: some models, LLaDA among them, attend to padding by design).
 
-``tests/test_hf_backbone.py`` checks this for Llama, Qwen2, Qwen3, Mistral (also with a sliding
+``tests/models/test_hf_backbone.py`` checks this for Llama, Qwen2, Qwen3, Mistral (also with a sliding
 window), GPT-2 and BERT against an unmodified copy of the model given an explicit 4D mask; which
 attention implementations and versions were verified is recorded in ``docs/models.md``.
 

@@ -8,11 +8,10 @@ import math
 from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT as REPO
 
 from experiments import arithmetic_decoding as ad
 from mdlm.data.arithmetic import generate_level
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize(

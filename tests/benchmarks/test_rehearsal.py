@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-MATH500 = REPO.parent / "shared" / "data" / "math" / "math500_test.jsonl"
+from conftest import needs_math500
 
 
 @pytest.mark.slow
 @pytest.mark.distributed
-@pytest.mark.skipif(not MATH500.is_file(), reason=f"MATH-500 not staged at {MATH500}")
+@needs_math500
 def test_the_8b_route_rehearsal_runs_end_to_end(tmp_path):
     from benchmarks import rehearse_8b_route as rehearsal
 

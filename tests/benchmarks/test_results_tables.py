@@ -1,16 +1,14 @@
-"""README result tables are generated from the JSON in benchmarks/results/, not typed by hand."""
+"""The result tables in docs/ are generated from the JSON in benchmarks/results/, not typed by hand."""
 
 from __future__ import annotations
 
 import importlib
 import json
-from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT as REPO
 
 from benchmarks import parity_report, wikitext_ablation
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_parity_summary_on_a_hand_made_history():
@@ -30,9 +28,9 @@ def test_parity_summary_on_a_hand_made_history():
 
 def test_readme_parity_table_matches_the_json():
     files = sorted((REPO / "benchmarks" / "results").glob("parity*.json"))
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs" / "parity.md").read_text()
     if parity_report.START not in readme:
-        assert not files, "parity results exist but the README has no parity table"
+        assert not files, "parity results exist but docs/parity.md has no parity table"
         pytest.skip("no parity results shipped yet")
     section = readme.split(parity_report.START, 1)[1].split(parity_report.END, 1)[0].strip()
     assert section == parity_report.table(parity_report.load(files))
@@ -40,9 +38,9 @@ def test_readme_parity_table_matches_the_json():
 
 def test_readme_wikitext_ablation_table_matches_the_json():
     results_file = REPO / "benchmarks" / "results" / "wikitext_ablation.json"
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs" / "data.md").read_text()
     if wikitext_ablation.START not in readme:
-        assert not results_file.exists(), "wikitext_ablation.json exists but the README has no ablation table"
+        assert not results_file.exists(), "wikitext_ablation.json exists but docs/data.md has no ablation table"
         pytest.skip("no ablation results shipped yet")
     section = readme.split(wikitext_ablation.START, 1)[1].split(wikitext_ablation.END, 1)[0].strip()
     assert section == wikitext_ablation.table(json.loads(results_file.read_text()))
@@ -66,6 +64,6 @@ def test_ablation_summary_mean_and_standard_error():
 def test_readme_performance_tables_match_the_json(script, marker):
     module = importlib.import_module(f"benchmarks.{script}")
     results = json.loads((REPO / "benchmarks" / "results" / f"{script}.json").read_text())
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs" / "performance.md").read_text()
     section = readme.split(f"<!-- {marker}:start -->", 1)[1].split(f"<!-- {marker}:end -->", 1)[0].strip()
     assert section == module.markdown(results).strip()

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT as REPO
 
 from benchmarks import sampler_comparison as sc
 from mdlm.cli import build_cli
 from mdlm.samplers import AdaptiveBins, CosineCurriculum, Uniform, Window
 
-REPO = Path(__file__).resolve().parents[1]
 ONE_STEP = ["--trainer.fast_dev_run=1", "--trainer.logger=false", "--trainer.enable_checkpointing=false",
             "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 
@@ -25,6 +24,7 @@ def test_adaptive_overhead_counts_probe_forwards_against_three_passes_per_traini
 
 @pytest.mark.parametrize("name, cls", [("uniform", Uniform), ("window", Window), ("curriculum", CosineCurriculum),
                                        ("adaptive", AdaptiveBins)])
+@pytest.mark.slow
 def test_each_sampler_override_builds_that_sampler_and_trains_a_step(name, cls, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     overrides = sc.task_overrides("parity", 3, None, None) + sc.sampler_overrides("parity", name, 3, 1500)
@@ -86,15 +86,16 @@ def test_summaries_on_hand_made_runs():
 
 def test_readme_table_matches_the_json():
     files = sorted((REPO / "benchmarks" / "results").glob("sampler_comparison_*.json"))
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs" / "samplers.md").read_text()
     if sc.START not in readme:
-        assert not files, "sampler comparison results exist but the README has no table"
+        assert not files, "sampler comparison results exist but docs/samplers.md has no table"
         pytest.skip("no comparison results shipped yet")
     section = readme.split(sc.START, 1)[1].split(sc.END, 1)[0].strip()
     assert section == sc.table(sc.load(files))
     assert all(r["returncode"] == 0 for f in files for r in json.loads(f.read_text())["runs"])
 
 
+@pytest.mark.slow
 def test_run_one_fits_in_a_subprocess_and_reads_back_the_history(tmp_path):
     overrides = sc.task_overrides("parity", 0, None, None) + sc.sampler_overrides("parity", "uniform", 3, 2) + [
         "--trainer.max_steps=2", "--trainer.val_check_interval=2", "--data.init_args.num_val=64",

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
-from conftest import tiny_trainer
+from conftest import REPO_ROOT, tiny_trainer
 from torch.utils.data import DataLoader
 
 from mdlm.models.transformer import Transformer
@@ -96,7 +96,7 @@ def test_callback_logs_positive_tokens_per_s_and_mfu_in_a_3_step_fit(tmp_path):
 def test_cli_adds_the_monitor_by_default_and_null_removes_it():
     from mdlm.cli import build_cli
 
-    config = str(Path(__file__).resolve().parents[1] / "configs" / "parity_md.yaml")
+    config = str(REPO_ROOT / "configs" / "parity_md.yaml")
     small = ["--data.init_args.num_train=16", "--data.init_args.num_val=8", "--trainer.logger=false"]
     cli = build_cli(["--config", config, *small, "--throughput.init_args.log_every_n_steps=7"], run=False)
     monitors = [cb for cb in cli.trainer.callbacks if isinstance(cb, TokenThroughputMonitor)]
@@ -137,7 +137,8 @@ def test_raw_loop_loss_matches_mdlm_objective():
 
 
 # ------------------------------------------------------------------ the scripts run (seconds)
-@pytest.mark.parametrize("name", ["train_throughput", "generation_throughput", "data_throughput"])
+@pytest.mark.parametrize("name", [pytest.param("train_throughput", marks=pytest.mark.slow), "generation_throughput",
+                                  "data_throughput"])
 def test_benchmark_scripts_smoke(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # restored afterwards (the scripts change to the repository root)
     monkeypatch.setenv("MDLM_CACHE_DIR", str(Path.home() / ".cache" / "mdlm"))

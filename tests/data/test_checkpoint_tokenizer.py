@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SHARED_DATA, make_lines, tiny_trainer
+from conftest import GPT2, MISTRAL, make_lines, needs_gpt2, needs_mistral, tiny_trainer
 from lightning.pytorch import LightningDataModule
 
 from mdlm.data.contract import DataContractError, MDLMDataModule, check_data_contract
@@ -31,12 +31,6 @@ from mdlm.data.tokenizer import (
     tokenizer_from_state,
     tokenizer_to_state,
 )
-
-REPO = Path(__file__).resolve().parents[1]
-GPT2 = SHARED_DATA / "tokenizers" / "gpt2"
-MISTRAL = SHARED_DATA / "tokenizers" / "mistral"
-needs_gpt2 = pytest.mark.skipif(not (GPT2 / "vocab.json").is_file(), reason=f"GPT-2 tokenizer not staged at {GPT2}")
-needs_mistral = pytest.mark.skipif(not (MISTRAL / "tokenizer.json").is_file(), reason=f"Mistral tokenizer not staged at {MISTRAL}")
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -181,6 +175,7 @@ def test_a_plain_lightning_data_module_still_trains_and_validates(tmp_path):
 
 
 # ---------------------------------------------------------------------------- the tokenizer in checkpoints
+@pytest.mark.slow
 @needs_gpt2
 def test_tokenizer_state_round_trip_and_corruption(tmp_path):
     tok = load_tokenizer(GPT2)
@@ -198,6 +193,7 @@ def test_tokenizer_state_round_trip_and_corruption(tmp_path):
 
 
 @needs_gpt2
+@pytest.mark.slow
 def test_text_fit_checkpoint_restores_its_tokenizer(text_ckpt):
     path, dm = text_ckpt
     ckpt = torch.load(path, weights_only=False)
@@ -210,6 +206,7 @@ def test_text_fit_checkpoint_restores_its_tokenizer(text_ckpt):
 
 
 @needs_gpt2
+@pytest.mark.slow
 def test_sft_fit_checkpoint_restores_its_tokenizer(sft_ckpt):
     path, dm = sft_ckpt
     restored = tokenizer_from_checkpoint(path)
@@ -237,6 +234,7 @@ def test_sft_chat_template_and_explicit_mask_id_travel_with_the_checkpoint(tmp_p
 
 
 @needs_gpt2
+@pytest.mark.slow
 def test_lm_eval_adapter_takes_the_tokenizer_from_the_checkpoint(sft_ckpt, tmp_path):
     pytest.importorskip("lm_eval")
     from lm_eval.api.instance import Instance
@@ -267,6 +265,7 @@ def test_lm_eval_adapter_takes_the_tokenizer_from_the_checkpoint(sft_ckpt, tmp_p
 
 
 @needs_gpt2
+@pytest.mark.slow
 def test_export_prefers_the_checkpoint_tokenizer(text_ckpt, tmp_path, modules_cache):
     """The data module's hyper-parameters name a tokenizer folder that no longer exists: the saved tokenizer is
     exported; without it (an older checkpoint) export rebuilds the data module, as before."""
@@ -327,6 +326,7 @@ dm.tokenizer.save_pretrained(str(out / "original_tokenizer"))
 '''
 
 
+@pytest.mark.slow
 def test_sharded_checkpoint_directory_holds_the_tokenizer(tmp_path, modules_cache):
     from transformers import AutoTokenizer
 

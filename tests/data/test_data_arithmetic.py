@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import SHARED_DATA
+from conftest import GPT2, needs_gpt2
+from conftest import REPO_ROOT as REPO
 
 from mdlm.answers import gsm8k_reference_answer, is_correct
 from mdlm.data.arithmetic import (
@@ -33,9 +34,6 @@ from mdlm.data.arithmetic import (
     write_jsonl,
 )
 from mdlm.data.sft import GSM8KDataModule
-
-REPO = Path(__file__).resolve().parents[1]
-GPT2 = SHARED_DATA / "tokenizers" / "gpt2"
 
 #: the test's own reading of the question verbs (not the generator's table)
 PLUS_WORDS = {"finds", "gains", "earns", "makes"}
@@ -288,7 +286,7 @@ def test_per_level_counts_and_no_test_split():
         dm.records("val")
 
 
-@pytest.mark.skipif(not (GPT2 / "vocab.json").is_file(), reason=f"GPT-2 tokenizer not staged at {GPT2}")
+@needs_gpt2
 def test_a_pretrained_tokenizer_works_too():
     dm = ArithmeticDataModule(levels=[4], num_train=20, num_val=0, num_test=4, tokenizer=str(GPT2), add_mask_token=True)
     dm.setup("fit")

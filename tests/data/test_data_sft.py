@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import GPT2, GSM8K, MATH, MISTRAL, needs_gpt2, needs_gsm8k, needs_math, needs_mistral
 
 from mdlm.data.sft import (
     GSM8KDataModule,
@@ -28,19 +29,6 @@ from mdlm.data.sft import (
 from mdlm.data.shuffle import EpochShuffleSampler
 from mdlm.data.tokenizer import TokenizerError
 from mdlm.objective import mask_tokens, md_loss
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-GPT2 = SHARED / "tokenizers" / "gpt2"
-MISTRAL = SHARED / "tokenizers" / "mistral"
-GSM8K = SHARED / "gsm8k"
-MATH = SHARED / "math"
-
-needs_gpt2 = pytest.mark.skipif(not (GPT2 / "vocab.json").is_file(), reason=f"GPT-2 tokenizer not staged at {GPT2}")
-needs_mistral = pytest.mark.skipif(
-    not (MISTRAL / "tokenizer.json").is_file(), reason=f"Mistral tokenizer not staged at {MISTRAL}"
-)
-needs_gsm8k = pytest.mark.skipif(not (GSM8K / "train.jsonl").is_file(), reason=f"GSM8K not staged at {GSM8K}")
-needs_math = pytest.mark.skipif(not (MATH / "train.jsonl").is_file(), reason=f"MATH not staged at {MATH}")
 
 #: a Mistral-style chat template (the staged Mistral tokenizer ships none)
 MISTRAL_TEMPLATE = (
@@ -396,6 +384,7 @@ def test_chat_format_with_a_chat_template(tmp_path, mistral_chat):
 
 @needs_gpt2
 @needs_gsm8k
+@pytest.mark.slow
 def test_real_gsm8k_all_records_load():
     dm = GSM8KDataModule(
         str(GPT2), train_path=str(GSM8K / "train.jsonl"), test_path=str(GSM8K / "test.jsonl"),
@@ -436,6 +425,7 @@ def test_real_math_records_and_the_two_without_answers():
 
 @needs_gpt2
 @needs_math
+@pytest.mark.slow
 def test_real_math_train_through_the_data_module(caplog):
     dm = MATHDataModule(str(GPT2), train_path=str(MATH / "train.jsonl"), add_mask_token=True, on_missing_answer="drop")
     with caplog.at_level(logging.INFO, logger="mdlm.data.sft"):
@@ -493,6 +483,7 @@ def test_gsm8k_record_without_answer(tmp_path):
 
 
 @needs_gpt2
+@pytest.mark.slow
 def test_mask_token_rules(gsm_files, gpt2):
     train, _ = gsm_files
     with pytest.raises(TokenizerError, match=r"has no mask token.*mask_token_id=<id> \(e\.g\. 126336 for LLaDA\).*add_mask_token=True"):

@@ -13,11 +13,12 @@ import random
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import GPT2, SCRIPTS, WIKI, make_lines, needs_wiki, needs_wiki_gpt2
+from conftest import REPO_ROOT as ROOT
 
 from mdlm.data import packing
 from mdlm.data import text as text_mod
@@ -26,21 +27,8 @@ from mdlm.data.text import DataError, TextDataModule
 from mdlm.data.tokenizer import TokenizerError, load_tokenizer, train_bpe_tokenizer
 from mdlm.data.wikitext import WikiTextDataModule
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-WIKI = SHARED / "wikitext-2-raw"
-GPT2 = SHARED / "tokenizers" / "gpt2"
-needs_wiki_gpt2 = pytest.mark.skipif(
-    not ((WIKI / "wiki.valid.raw").is_file() and (GPT2 / "vocab.json").is_file()),
-    reason=f"WikiText-2 / GPT-2 tokenizer not staged under {SHARED}",
-)
-needs_wiki = pytest.mark.skipif(not (WIKI / "wiki.train.head.raw").is_file(), reason=f"WikiText-2 sample not staged at {WIKI}")
-
 
 # --------------------------------------------------------------------------- helpers
-from conftest import make_lines  # noqa: E402  (one seeded document generator for the text-data tests)
-
-
 @pytest.fixture
 def corpus(tmp_path):
     """train/val text files, one document per line."""
@@ -242,6 +230,7 @@ def test_cache_reused_and_new_block_length_reads_it(corpus, monkeypatch):
     assert ids.shape == (n, 40) and ids.reshape(-1).tolist() == stream[: n * 40]
 
 
+@pytest.mark.slow
 def test_cache_rebuilt_when_source_or_tokenizer_changes(corpus, monkeypatch):
     dm = module(corpus)
     dm.prepare_data()
@@ -274,6 +263,7 @@ def test_cache_rebuilt_when_source_or_tokenizer_changes(corpus, monkeypatch):
     assert with_pad.cache_path("val") != without_pad.cache_path("val")
 
 
+@pytest.mark.slow
 def test_interrupted_build_leaves_no_half_cache(corpus, monkeypatch):
     OptimizeSpy(monkeypatch, fail=KeyboardInterrupt())
     dm = module(corpus, train_files=None, tokenizer=corpus["tok"])
@@ -307,6 +297,7 @@ def test_multi_chunk_cache_and_chunk_border_accounting(corpus, caplog):
     assert len(ids) == odd.num_blocks("val") == sum(d // 20 for d in dims)
 
 
+@pytest.mark.slow
 def test_eval_with_two_workers_reads_every_block_once(corpus):
     dm = module(corpus, train_files=None, num_workers=2, eval_batch_size=3, tokenizer=corpus["tok"])
     dm.prepare_data()
@@ -354,6 +345,7 @@ def test_special_token_strings_in_text_stay_text(tmp_path):
     assert (ids == dm.eos_token_id).sum() <= 30  # only the document separators
 
 
+@pytest.mark.slow
 def test_jsonl_and_parquet_sources(tmp_path, monkeypatch):
     records = [{"id": i, "text": t} for i, t in enumerate(make_lines(40, 3, "record"))]
     (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(r) for r in records[:25]) + "\n")
@@ -388,6 +380,7 @@ def fake_wikitext(split):
     return datasets.Dataset.from_dict({"text": [ln if ln.strip() else "" for ln in rows.splitlines(keepends=True)]})
 
 
+@pytest.mark.slow
 def test_hugging_face_source(tmp_path, monkeypatch):
     datasets = pytest.importorskip("datasets")
     calls = []
@@ -411,6 +404,7 @@ def test_hugging_face_source(tmp_path, monkeypatch):
     assert ids.reshape(-1).tolist() == stream[: len(stream) // 8 * 8]
 
 
+@pytest.mark.slow
 def test_hugging_face_unavailable_errors(tmp_path, monkeypatch):
     datasets = pytest.importorskip("datasets")
 
@@ -477,7 +471,7 @@ def test_ddp_ranks_receive_different_blocks(corpus):
     out = corpus["dir"] / "out"
     out.mkdir()
     cmd = [
-        sys.executable, str(ROOT / "tests" / "scripts" / "ddp_text_shards.py"),
+        sys.executable, str(SCRIPTS / "ddp_text_shards.py"),
         "--train", str(corpus["dir"] / "train.txt"), "--val", str(corpus["dir"] / "val.txt"),
         "--cache", str(corpus["dir"] / "cache"), "--out", str(out),
         "--block-length", "16", "--batch-size", "4", "--chunk-tokens", "96",
@@ -526,6 +520,7 @@ def independent_articles(text: str) -> list[str]:
 
 
 @needs_wiki_gpt2
+@pytest.mark.slow
 def test_wikitext2_valid_with_gpt2(tmp_path):
     dm = WikiTextDataModule(
         data_dir=str(WIKI), train_file=None, test_file=None, tokenizer=str(GPT2), cache_dir=str(tmp_path), eval_batch_size=256,
@@ -550,6 +545,7 @@ def test_wikitext2_valid_with_gpt2(tmp_path):
 
 
 @needs_wiki
+@pytest.mark.slow
 def test_tiny_bpe_wikitext_from_train_head(tmp_path):
     dm = WikiTextDataModule(
         data_dir=str(WIKI), train_file="wiki.train.head.raw", test_file=None, tokenizer="bpe:4096",

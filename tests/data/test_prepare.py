@@ -18,14 +18,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO_ROOT as ROOT
+from conftest import SCRIPTS
 
 from mdlm.data import text as text_mod
 from mdlm.data.prepare import data_section, main, prepare
 from mdlm.data.text import DataError, TextDataModule, read_prepared_manifest
 from mdlm.data.tokenizer import train_bpe_tokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "tests" / "scripts" / "prepared_train.py"
+SCRIPT = SCRIPTS / "prepared_train.py"
 L = 16  # block length
 
 
@@ -95,7 +96,7 @@ def forbid_optimize(monkeypatch):
 
 
 # --------------------------------------------------------------------------- prepare
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("workers", [1, pytest.param(2, marks=pytest.mark.slow)])  # 2: worker processes
 def test_prepare_writes_the_documents_in_order_with_manifest(corpus, workers, monkeypatch):
     dm = source_module(corpus)
     out = prepare(dm, str(corpus["dir"] / f"p{workers}"), num_workers=workers, shard_chars=1500)
@@ -158,6 +159,7 @@ def wordlevel_tokenizer(n: int):
     return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", mask_token="[MASK]", pad_token="[PAD]", unk_token="[UNK]")
 
 
+@pytest.mark.slow
 def test_int32_tokens_above_65535(tmp_path):
     tok = wordlevel_tokenizer(70_000)
     tok.save_pretrained(str(tmp_path / "tok"))
@@ -179,6 +181,7 @@ def test_int32_tokens_above_65535(tmp_path):
     assert np.array_equal(ids.numpy(), expected_blocks(stream, dims))
 
 
+@pytest.mark.slow
 def test_hugging_face_rows_sharded_by_range_with_owt_style_validation(tmp_path, monkeypatch, corpus):
     """documents="file" on a HF dataset: row ranges, no shard pass; val = the last rows of train (OWT convention)."""
     datasets = pytest.importorskip("datasets")
@@ -202,6 +205,7 @@ def test_hugging_face_rows_sharded_by_range_with_owt_style_validation(tmp_path, 
 
 
 # --------------------------------------------------------------------------- training from it
+@pytest.mark.slow
 def test_train_from_prepared_reads_blocks_without_tokenizing(corpus, monkeypatch):
     out = prepare(source_module(corpus), str(corpus["dir"] / "p"), num_workers=2, shard_chars=1500)
     forbid_optimize(monkeypatch)
@@ -223,6 +227,7 @@ def test_train_from_prepared_reads_blocks_without_tokenizing(corpus, monkeypatch
     assert dm.num_blocks("val") == len(expected_blocks(*read_chunks(Path(out["val"]))))
 
 
+@pytest.mark.slow
 def test_tokenizer_or_source_mismatch_is_one_line(corpus, tmp_path):
     out = prepare(source_module(corpus), str(corpus["dir"] / "p"), num_workers=1)
     other = train_bpe_tokenizer(None, 280, texts=corpus["train"], save_dir=tmp_path / "bpe280")
@@ -253,6 +258,7 @@ def _env():
     return env
 
 
+@pytest.mark.slow
 def test_kill_and_resume_gives_the_same_sample_sequence(corpus, tmp_path):
     out = prepare(source_module(corpus), str(corpus["dir"] / "p"), num_workers=2, shard_chars=1500)
     script = _load_script()
@@ -276,6 +282,7 @@ def test_kill_and_resume_gives_the_same_sample_sequence(corpus, tmp_path):
                     "--out", str(tmp_path / "bad"), "--resume", str(ckpt)])
 
 
+@pytest.mark.slow
 def test_world_size_change_refused_unless_elastic(corpus):
     out = prepare(source_module(corpus), str(corpus["dir"] / "p"), num_workers=1)
     dm = prepared_module(corpus, out)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+from conftest import GPT2, MISTRAL, WIKI, needs_gpt2, needs_mistral, needs_wiki
 
 from mdlm.data.tokenizer import (
     TokenizerError,
@@ -14,15 +14,6 @@ from mdlm.data.tokenizer import (
     tokenizer_fingerprint,
     train_bpe_tokenizer,
 )
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-GPT2 = SHARED / "tokenizers" / "gpt2"
-MISTRAL = SHARED / "tokenizers" / "mistral"
-WIKI = SHARED / "wikitext-2-raw"
-
-needs_gpt2 = pytest.mark.skipif(not (GPT2 / "vocab.json").is_file(), reason=f"GPT-2 tokenizer not staged at {GPT2}")
-needs_mistral = pytest.mark.skipif(not (MISTRAL / "tokenizer.json").is_file(), reason=f"Mistral tokenizer not staged at {MISTRAL}")
-needs_wiki = pytest.mark.skipif(not (WIKI / "wiki.train.head.raw").is_file(), reason=f"WikiText-2 sample not staged at {WIKI}")
 
 CORPUS = [
     "the cat sat on the mat and the cat ate the rat",
@@ -122,6 +113,7 @@ def test_bpe_is_deterministic_saved_and_reloaded(tmp_path):
     assert from_files(text, add_special_tokens=False)["input_ids"] == ids
 
 
+@pytest.mark.slow
 @needs_gpt2
 @needs_mistral
 def test_fingerprint_tracks_vocab_added_tokens_and_class(tmp_path):

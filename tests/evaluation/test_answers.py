@@ -6,10 +6,10 @@ import json
 import random
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import SHARED_DATA as DATA
 
 from mdlm import answers as A
 from mdlm.answers import (
@@ -27,8 +27,6 @@ from mdlm.answers import (
     normalize_number,
     run_with_timeout,
 )
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def _jsonl(rel: str) -> list[dict]:
@@ -287,7 +285,7 @@ MATH_NOT_EQUIVALENT = [
 ]
 
 
-@pytest.mark.parametrize("use_math_verify", [pytest.param(None, marks=needs_math_verify), False])
+@pytest.mark.parametrize("use_math_verify", [pytest.param(None, marks=[needs_math_verify, pytest.mark.slow]), False])
 def test_math_equivalent_table_scores_100(use_math_verify: bool | None) -> None:
     rows = MATH_EQUIVALENT if use_math_verify is None else [r for r in MATH_EQUIVALENT if r[2]]
     assert len(rows) >= 25
@@ -295,7 +293,7 @@ def test_math_equivalent_table_scores_100(use_math_verify: bool | None) -> None:
     assert failed == []
 
 
-@pytest.mark.parametrize("use_math_verify", [pytest.param(None, marks=needs_math_verify), False])
+@pytest.mark.parametrize("use_math_verify", [pytest.param(None, marks=[needs_math_verify, pytest.mark.slow]), False])
 def test_math_not_equivalent_table_scores_0(use_math_verify: bool | None) -> None:
     assert len(MATH_NOT_EQUIVALENT) >= 25
     accepted = [
@@ -343,6 +341,7 @@ def test_math500_answer_field_matches_own_solution_box() -> None:
 
 
 @needs_math_verify
+@pytest.mark.slow
 def test_math500_math_verify_route_alone_accepts_all() -> None:
     """The math_verify route on its own (no string shortcut) parses and accepts every answer."""
     records = _jsonl("math/math500_test.jsonl")
@@ -351,6 +350,7 @@ def test_math500_math_verify_route_alone_accepts_all() -> None:
 
 
 @needs_math_verify
+@pytest.mark.slow
 def test_math500_neighbouring_answers_are_rejected() -> None:
     """Answer i+1 checked against reference i: only genuinely equal pairs are accepted."""
     records = _jsonl("math/math500_test.jsonl")

@@ -141,6 +141,7 @@ def model():
 
 
 # ------------------------------------------------------------------ the draws
+@pytest.mark.slow
 @pytest.mark.parametrize("stratified", [False, True])
 def test_draws_mask_l_uniform_positions_uniform_subsets(stratified):
     L, n = 4, 24000

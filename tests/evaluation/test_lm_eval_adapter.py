@@ -150,6 +150,7 @@ def _req(kind, args, idx=0):
 
 
 # ------------------------------------------------------------------ end to end
+@pytest.mark.slow
 def test_simple_evaluate_end_to_end_offline(assets, offline):
     from lm_eval.tasks import TaskManager
 

@@ -333,9 +333,9 @@ def test_module_answers_with_a_fast_preset(tmp_path, monkeypatch):
     stop to ``generate`` (the backbone's cache is found through the module)."""
     import json
 
-    from conftest import SHARED_DATA, tiny_trainer
+    from conftest import GPT2, tiny_trainer
 
-    gpt2 = SHARED_DATA / "tokenizers" / "gpt2"
+    gpt2 = GPT2
     if not (gpt2 / "vocab.json").is_file():
         pytest.skip(f"GPT-2 tokenizer not staged at {gpt2}")
     import mdlm.module as module_mod
@@ -368,6 +368,7 @@ def test_module_answers_with_a_fast_preset(tmp_path, monkeypatch):
         assert out.cache == "dual" and out.forward_passes <= 16
 
 
+@pytest.mark.slow
 def test_fast_benchmark_smoke(tmp_path):
     """``benchmarks/generation_throughput.py --fast --smoke`` runs every setting and counts tokens up
     to the first EOS only."""

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO_ROOT as REPO
 
 from mdlm.export import ExportError, export_checkpoint, load_checkpoint_weights, load_exported
 
-REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "examples" / "parity_md"
 
 
@@ -146,6 +146,7 @@ def _reference_io(folder: Path, backbone) -> None:
     torch.save(io, folder.parent / (folder.name + ".io.pt"))
 
 
+@pytest.mark.slow
 def test_transformer_export_loads_in_transformers_without_mdlm_with_identical_logits(ema_ckpt, tmp_path):
     """AutoModelForMaskedLM / AutoModel (trust_remote_code) in a process where ``import mdlm`` fails and no
     sys.path entry holds mdlm: the logits of the exported checkpoint and of the shipped model equal mdlm's
@@ -355,7 +356,7 @@ a sharded (DCP) checkpoint at step 2; the gathered training and EMA weights at t
 import sys, warnings
 from pathlib import Path
 warnings.filterwarnings("ignore")
-sys.path.insert(0, sys.argv[3])
+sys.path[:0] = [sys.argv[3], str(Path(sys.argv[3]).parent)]  # this test's folder, and tests/ (conftest)
 import torch
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -390,6 +391,7 @@ trainer.fit(model, datamodule=_parity_data(num_train=32, num_val=16, batch_size=
 '''
 
 
+@pytest.mark.slow
 def test_sharded_fsdp2_checkpoint_of_a_llada_like_backbone_exports_to_its_own_format(tmp_path, modules_cache):
     """A sharded FSDP2 checkpoint directory (DCP, written by Lightning in a 1-process run) of the LLaDA stand-in:
     consolidated offline, ``backbone.model.`` stripped, saved with LLaDA's own ``save_pretrained`` and modeling
@@ -404,7 +406,7 @@ def test_sharded_fsdp2_checkpoint_of_a_llada_like_backbone_exports_to_its_own_fo
                HF_MODULES_CACHE=str(modules_cache / "hf_modules_fsdp2"))
     for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT", "PYTEST_CURRENT_TEST"):
         env.pop(var, None)
-    proc = subprocess.run([sys.executable, str(script), str(standin), str(tmp_path / "run"), str(REPO / "tests")],
+    proc = subprocess.run([sys.executable, str(script), str(standin), str(tmp_path / "run"), str(Path(__file__).resolve().parent)],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     ckpt_dir = tmp_path / "run" / "sharded.ckpt"
@@ -449,6 +451,7 @@ def _mdlm(args, cwd, timeout=600):
     return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_mdlm_export_command(ema_ckpt, tmp_path):
     proc = _mdlm(["export", "--ckpt_path", str(ema_ckpt), "--out", "out", "--weights", "raw",
                   "--config", str(REPO / "configs" / "parity_md.yaml")], cwd=tmp_path)
@@ -463,6 +466,7 @@ def test_mdlm_export_command(ema_ckpt, tmp_path):
 
 
 # ---------------------------------------------------------------------------- the shipped model
+@pytest.mark.slow
 def test_shipped_parity_model_is_small_recorded_and_solves_parity(modules_cache):
     """examples/parity_md: ≤ 5 MB of safetensors, its weights and training recorded, and it predicts the
     parity label of the 2,000 validation sequences of configs/parity_md.yaml (n=14, k=3, seed 0) at ≥ 0.99."""
@@ -488,6 +492,7 @@ def test_shipped_parity_model_is_small_recorded_and_solves_parity(modules_cache)
     assert accuracy >= 0.99, accuracy
 
 
+@pytest.mark.slow
 def test_mdlm_validate_accepts_the_shipped_model(tmp_path):
     """``mdlm validate`` with ``backbone: HFBackbone(pretrained=examples/parity_md, trust_remote_code=true)``."""
     if not SHIPPED.is_dir():

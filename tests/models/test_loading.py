@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +22,8 @@ import torch.distributed as dist
 pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 
+from conftest import REPO_ROOT as ROOT
+from conftest import SCRIPTS, free_port
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
@@ -36,8 +37,7 @@ from mdlm.models.loading import (  # noqa: E402
 )
 from mdlm.parallel import FSDP2Plan, FSDP2Strategy, materialize_meta_, parallelize  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "tests" / "scripts" / "sharded_load.py"
+SCRIPT = SCRIPTS / "sharded_load.py"
 
 
 def _script_module():
@@ -371,12 +371,6 @@ def test_plan_and_strategy_take_pretrained(tmp_path):
     assert strategy.plan.init_weights is None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.distributed
 def test_two_rank_sharded_load_matches_from_pretrained(checkpoints, tmp_path):
     """2 gloo ranks (tests/scripts/sharded_load.py): meta init + FSDP2 + per-rank reads, tied and untied,
@@ -384,7 +378,7 @@ def test_two_rank_sharded_load_matches_from_pretrained(checkpoints, tmp_path):
     safetensors only for its own rows, and the ranks together read each stored tensor exactly once."""
     folders = [str(checkpoints[name][0]) for name in ("tied_sharded", "untied_sharded")]
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2", "HF_HUB_OFFLINE": "1"}
+           "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2", "HF_HUB_OFFLINE": "1"}
     env.pop("PYTEST_CURRENT_TEST", None)
     procs = [
         subprocess.Popen([sys.executable, str(SCRIPT), "--out", str(tmp_path), *folders], cwd=ROOT,

@@ -17,7 +17,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+import pytest
+from conftest import REPO_ROOT as REPO
+
 PACKAGE = REPO / "mdlm"
 #: remote-code stand-ins (package data copied into model folders; they register with transformers' Auto
 #: classes on import and are loaded by transformers, not imported as mdlm modules)
@@ -153,6 +155,7 @@ print(json.dumps(results))
 """
 
 
+@pytest.mark.slow
 def test_every_mdlm_module_imports_first_on_its_own():
     names = sorted(_module_files())
     proc = subprocess.run(

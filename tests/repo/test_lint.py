@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import re
 import subprocess
-from pathlib import Path
 
 import pytest
 import yaml
-
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO_ROOT as REPO
 
 
 def _pinned_ruff() -> str:

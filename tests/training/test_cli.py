@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO_ROOT as REPO
 
 
 def _mdlm() -> list[str]:
@@ -27,6 +26,7 @@ def _run(args, cwd):
     return proc
 
 
+@pytest.mark.slow
 def test_console_script_fit_override_validate(tmp_path):
     small = [
         "--trainer.max_steps=12",
@@ -72,12 +72,14 @@ def test_console_script_fit_override_validate(tmp_path):
     assert "val/nelbo" in proc.stdout
 
 
+@pytest.mark.slow
 def test_print_config_lists_the_sampler_key(tmp_path):
     proc = _run(["fit", "--config", str(REPO / "configs" / "parity_md.yaml"), "--print_config"], cwd=tmp_path)
     printed = yaml.safe_load(proc.stdout)
     assert printed["sampler"]["class_path"] == "mdlm.samplers.parity.ParitySignalOptimal"
 
 
+@pytest.mark.slow
 def test_fit_without_sampler_is_a_clear_error(tmp_path):
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     proc = subprocess.run(
@@ -107,6 +109,7 @@ def _fails(args, cwd) -> subprocess.CompletedProcess:
      "mdlm: error: mdlm.samplers.Window: t_min=0.6 > t_max=0.4: a window needs t_min < t_max"),
     (["--data.init_args.k=30"], "mdlm: error: mdlm.data.parity.ParityDataModule: k=30 must lie in [1, n=14]"),
 ])
+@pytest.mark.slow
 def test_a_bad_value_ends_with_one_line_naming_it(tmp_path, override, message):
     proc = _fails(["fit", "--config", str(REPO / "configs" / "parity_md.yaml"), *override,
                    "--trainer.max_steps=1", "--trainer.logger=false"], tmp_path)
@@ -116,6 +119,7 @@ def test_a_bad_value_ends_with_one_line_naming_it(tmp_path, override, message):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_an_offline_hub_tokenizer_says_the_local_option_and_the_cpu_preset(tmp_path):
     env_config = tmp_path / "offline.yaml"
     env_config.write_text("data:\n  init_args:\n    tokenizer: some-org/not-a-local-folder\n")
@@ -127,6 +131,7 @@ def test_an_offline_hub_tokenizer_says_the_local_option_and_the_cpu_preset(tmp_p
     assert "configs/presets/sft_tiny_cpu.yaml" in last
 
 
+@pytest.mark.slow
 def test_fit_prints_steps_and_ends_with_the_run_folder_and_resumes_from_last(tmp_path):
     args = ["fit", "--config", str(REPO / "configs" / "parity_md.yaml"), *TINY,
             "--trainer.max_steps=6", "--trainer.val_check_interval=3"]
@@ -147,12 +152,14 @@ def test_fit_prints_steps_and_ends_with_the_run_folder_and_resumes_from_last(tmp
     assert "results in runs/parity_md/version_1/" in resumed.stdout
 
 
+@pytest.mark.slow
 def test_ckpt_path_last_without_a_previous_run_fails_clearly(tmp_path):
     proc = _fails(["fit", "--config", str(REPO / "configs" / "parity_md.yaml"), *TINY, "--ckpt_path=last",
                    "--trainer.max_steps=1"], tmp_path)
     assert "--ckpt_path=last: no" in proc.stderr and "last.ckpt to resume from" in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_run_shorter_than_the_validation_interval_warns_and_still_leaves_a_result(tmp_path):
     proc = _run(["fit", "--config", str(REPO / "configs" / "parity_md.yaml"), *TINY, "--trainer.max_steps=5",
                  "--trainer.enable_progress_bar=false"], cwd=tmp_path)
@@ -179,6 +186,7 @@ def test_help_names_subcommands_configs_and_docs_without_importing_lightning():
     assert probe.stdout.strip().splitlines()[-1] == "False"
 
 
+@pytest.mark.slow
 def test_a_corrupt_checkpoint_and_a_parity_k_mismatch_are_one_line_errors(tmp_path):
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"garbage")

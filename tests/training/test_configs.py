@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import REPO_ROOT as REPO
 from conftest import SHARED_DATA
 from torchmetrics import Metric
 
 from mdlm.cli import build_cli
 
-REPO = Path(__file__).resolve().parents[1]
 FULL = sorted((REPO / "configs").glob("*.yaml"))
 PRESETS = sorted((REPO / "configs" / "presets").glob("*.yaml"))
 
@@ -69,13 +69,20 @@ def _ids(p: Path) -> str:
     return p.name
 
 
+def _fast_only(paths: list[Path], fast: set[str]) -> list:
+    """``paths`` as parameters: those named in ``fast`` stay in the fast tier, the others are marked ``slow``."""
+    return [p if p.name in fast else pytest.param(p, marks=pytest.mark.slow) for p in paths]
+
+
 def test_every_preset_is_used_or_documented():
     for preset in PRESETS:
         text = preset.read_text()
         assert text.startswith("#") and f"configs/presets/{preset.name}" in text, f"{preset} must say how to compose it"
 
 
-@pytest.mark.parametrize("config", FULL, ids=_ids)
+# one config of each kind (parity, text, SFT) in the fast tier; ~0.3 s each
+@pytest.mark.parametrize("config", _fast_only(FULL, {"parity_md.yaml", "wikitext_uniform.yaml", "sft_arithmetic.yaml"}),
+                         ids=_ids)
 def test_config_prints(config, capsys, monkeypatch):
     monkeypatch.chdir(REPO)
     with pytest.raises(SystemExit) as exit_info:
@@ -163,7 +170,7 @@ def test_sampler_override_from_the_command_line(capsys, monkeypatch):
 TRAINER_SETS = sorted((REPO / "configs" / "trainer").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("config", TRAINER_SETS, ids=_ids)
+@pytest.mark.parametrize("config", _fast_only(TRAINER_SETS, {"ema.yaml", "fsdp2_cpu.yaml"}), ids=_ids)
 def test_trainer_override_sets_compose_with_a_full_config(config, capsys, monkeypatch):
     """configs/trainer/*.yaml are trainer-only override sets: each says how to compose it and parses
     on top of a full config (strategies that need a GPU or 2 processes are parsed, not run, here)."""

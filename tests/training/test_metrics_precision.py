@@ -155,7 +155,8 @@ CPU_PRECISIONS = ["32-true", "64-true", "bf16-true", "bf16-mixed", "16-true", "1
 PARAM_DTYPE = {"64-true": torch.float64, "bf16-true": torch.bfloat16, "16-true": torch.float16}
 
 
-@pytest.mark.parametrize("precision", CPU_PRECISIONS)
+@pytest.mark.parametrize("precision", [pytest.param(p, marks=pytest.mark.slow) if p in ("64-true", "16-true") else p
+                                       for p in CPU_PRECISIONS])  # 64-true and 16-true: ~1-2 s each on a CPU
 def test_fit_and_validate_under_every_cpu_precision(precision, tmp_path):
     torch.manual_seed(0)
     # fp16 weights: AdamW's default eps=1e-8 underflows to 0 in fp16 (refused, see the next test)

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import tiny_trainer
+from conftest import REPO_ROOT as ROOT
+from conftest import SCRIPTS, free_port, tiny_trainer
 
 from mdlm.data.shuffle import GlobalBatchShuffleSampler
 from mdlm.models.transformer import Transformer, TransformerBlock
@@ -21,8 +20,7 @@ from mdlm.parallel import FSDP2Plan, block_classes, checkpoint_check_fn, paralle
 from mdlm.samplers import Uniform
 from mdlm.samplers.base import global_batch_rows
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "tests" / "scripts" / "distributed_checks.py"
+SCRIPT = SCRIPTS / "distributed_checks.py"
 
 
 def _script_module():
@@ -153,12 +151,6 @@ def test_accumulation_equals_one_big_batch(tmp_path, monkeypatch):
     assert max(((plain[n] - big[n]).abs().max() / big[n].abs().max()).item() for n in big) > 1e-3
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.distributed
 def test_two_rank_ddp_and_fsdp2(tmp_path):
     """2 CPU ranks over gloo (tests/scripts/distributed_checks.py) against one process on the same
@@ -168,7 +160,7 @@ def test_two_rank_ddp_and_fsdp2(tmp_path):
     per-rank bytes of parameters + gradients + optimizer state (FSDP2 about half of DDP)."""
     dc = _script_module()
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2", "NODE_RANK": "0"}
+           "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2", "NODE_RANK": "0"}
     env.pop("PYTEST_CURRENT_TEST", None)
     procs = [
         subprocess.Popen([sys.executable, str(SCRIPT), "--out", str(tmp_path)], cwd=ROOT,

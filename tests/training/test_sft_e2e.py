@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
-from conftest import SHARED_DATA, tiny_trainer
+from conftest import GPT2, needs_gpt2, tiny_trainer
 
 from mdlm.data.sft import GSM8KDataModule
 from mdlm.models.transformer import Transformer
@@ -16,8 +16,7 @@ from mdlm.module import MaskedDiffusionLM
 from mdlm.results import JsonlPredictionWriter
 from mdlm.samplers import Window
 
-GPT2 = SHARED_DATA / "tokenizers" / "gpt2"
-pytestmark = pytest.mark.skipif(not (GPT2 / "vocab.json").is_file(), reason=f"GPT-2 tokenizer not staged at {GPT2}")
+pytestmark = needs_gpt2
 
 RECORDS = [
     {"question": "What is 3 + 4?", "answer": "3 + 4 = 7\n#### 7"},
@@ -82,6 +81,7 @@ def test_generation_is_decoded_extracted_and_scored(tmp_path):
     assert lines[0]["prompt"].startswith("Question: What is 3 + 4?")
 
 
+@pytest.mark.slow
 def test_tiny_sft_fit_never_masks_the_prompt_and_then_predicts(tmp_path, capsys):
     dm = _dm(tmp_path)
     seen = []
