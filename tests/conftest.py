@@ -132,3 +132,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("distributed") and not item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture
+def one_rank_group():
+    """A 1-rank gloo process group (real collectives, no subprocess) and its device mesh."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield init_device_mesh("cpu", (1, 1), mesh_dim_names=("data_parallel", "tensor_parallel"))
+    finally:
+        dist.destroy_process_group()

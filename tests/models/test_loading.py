@@ -339,16 +339,6 @@ def test_each_rank_reads_only_its_rows(checkpoints, fake_group, monkeypatch, lay
     assert torch.equal(model.model.rotary_emb.original_inv_freq, fresh.model.rotary_emb.original_inv_freq)
 
 
-@pytest.fixture
-def one_rank_group():
-    from torch.distributed.device_mesh import init_device_mesh
-
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        yield init_device_mesh("cpu", (1, 1), mesh_dim_names=("data_parallel", "tensor_parallel"))
-    finally:
-        dist.destroy_process_group()
-
 
 def test_plan_pretrained_on_one_rank_gives_the_logits_of_from_pretrained(checkpoints, one_rank_group):
     folder, _ = checkpoints["untied_sharded"]

@@ -10,7 +10,6 @@ import sys
 
 import pytest
 import torch
-import torch.distributed as dist
 from conftest import REPO_ROOT as ROOT
 from conftest import SCRIPTS, free_port, tiny_trainer
 
@@ -55,17 +54,6 @@ def test_wrap_policy_finds_hugging_face_decoder_layers():
     assert cls.__name__ == "LlamaDecoderLayer"
     assert sum(checkpoint_check_fn(backbone)(m) for m in backbone.modules()) == 2
 
-
-@pytest.fixture
-def one_rank_group():
-    """A 1-rank gloo process group (real collectives, no subprocess) and its device mesh."""
-    from torch.distributed.device_mesh import init_device_mesh
-
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        yield init_device_mesh("cpu", (1, 1), mesh_dim_names=("data_parallel", "tensor_parallel"))
-    finally:
-        dist.destroy_process_group()
 
 
 def test_fsdp2_meta_init_loads_full_weights_into_shards(one_rank_group, tmp_path):
