@@ -36,8 +36,6 @@ from benchmarks._common import RESULTS, LoadSampler, machine_record, markdown_ta
 from mdlm.answers import extract_answer, is_correct
 from mdlm.generation import generate
 
-REPO = Path(__file__).resolve().parents[1]
-
 # name -> (block_length, generate kwargs); "exact" rows are the references of their block length
 SETTINGS: dict[str, tuple[int, dict[str, Any]]] = {
     "exact b32": (32, {}),

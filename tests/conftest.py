@@ -145,3 +145,19 @@ def one_rank_group():
         yield init_device_mesh("cpu", (1, 1), mesh_dim_names=("data_parallel", "tensor_parallel"))
     finally:
         dist.destroy_process_group()
+
+
+def token_stream(tok, docs, eos) -> list[int]:
+    """The expected token stream of a corpus, computed independently: each document through the tokenizer, then EOS."""
+    out: list[int] = []
+    for d in docs:
+        out += tok(d, add_special_tokens=False)["input_ids"] + [eos]
+    return out
+
+
+def marked_section(text: str, start: str, end: str) -> str | None:
+    """The stripped text between the markers ``start`` and ``end`` of a generated table, None without them."""
+    if start not in text:
+        return None
+    return text.split(start, 1)[1].split(end, 1)[0].strip()
+

@@ -7,6 +7,7 @@ import json
 
 import pytest
 from conftest import REPO_ROOT as REPO
+from conftest import marked_section
 
 from benchmarks import parity_report, wikitext_ablation
 
@@ -29,20 +30,20 @@ def test_parity_summary_on_a_hand_made_history():
 def test_readme_parity_table_matches_the_json():
     files = sorted((REPO / "benchmarks" / "results").glob("parity*.json"))
     readme = (REPO / "docs" / "parity.md").read_text()
-    if parity_report.START not in readme:
+    section = marked_section(readme, parity_report.START, parity_report.END)
+    if section is None:
         assert not files, "parity results exist but docs/parity.md has no parity table"
         pytest.skip("no parity results shipped yet")
-    section = readme.split(parity_report.START, 1)[1].split(parity_report.END, 1)[0].strip()
     assert section == parity_report.table(parity_report.load(files))
 
 
 def test_readme_wikitext_ablation_table_matches_the_json():
     results_file = REPO / "benchmarks" / "results" / "wikitext_ablation.json"
     readme = (REPO / "docs" / "data.md").read_text()
-    if wikitext_ablation.START not in readme:
+    section = marked_section(readme, wikitext_ablation.START, wikitext_ablation.END)
+    if section is None:
         assert not results_file.exists(), "wikitext_ablation.json exists but docs/data.md has no ablation table"
         pytest.skip("no ablation results shipped yet")
-    section = readme.split(wikitext_ablation.START, 1)[1].split(wikitext_ablation.END, 1)[0].strip()
     assert section == wikitext_ablation.table(json.loads(results_file.read_text()))
 
 

@@ -17,7 +17,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import GPT2, SCRIPTS, WIKI, make_lines, needs_wiki, needs_wiki_gpt2
+from conftest import GPT2, SCRIPTS, WIKI, make_lines, needs_wiki, needs_wiki_gpt2, token_stream
 from conftest import REPO_ROOT as ROOT
 
 from mdlm.data import packing
@@ -53,13 +53,6 @@ def module(corpus, **kw):
     args.update(kw)
     return TextDataModule(**args)
 
-
-def expected_stream(tok, docs, eos):
-    """Independent: each document through the tokenizer, then EOS."""
-    out: list[int] = []
-    for d in docs:
-        out += tok(d, add_special_tokens=False)["input_ids"] + [eos]
-    return out
 
 
 def read_split(dm, split):
@@ -178,7 +171,7 @@ def test_tokens_read_back_equal_tokenizer_output(corpus, monkeypatch):
     assert spy.calls == 2  # train and val
     dm.setup("fit")
     for split, docs in (("val", corpus["val"]), ("train", corpus["train"])):
-        stream = expected_stream(tok, docs, dm.eos_token_id)
+        stream = token_stream(tok, docs, dm.eos_token_id)
         assert dm.num_tokens(split) == len(stream)
         n = len(stream) // 16
         ids, index, batches = read_split(dm, split)
@@ -199,7 +192,7 @@ def test_tokens_read_back_equal_tokenizer_output(corpus, monkeypatch):
     [chunk] = index_json["chunks"]
     header = 3 * 4  # litdata chunk header for one item: count + 2 offsets, uint32 each
     on_disk = np.fromfile(path / chunk["filename"], dtype=np.uint16, offset=header)
-    assert on_disk.tolist() == expected_stream(tok, corpus["val"], dm.eos_token_id)  # 2 bytes per token
+    assert on_disk.tolist() == token_stream(tok, corpus["val"], dm.eos_token_id)  # 2 bytes per token
     cache = str(corpus["dir"] / "cache")
     for env in spy.env:
         assert env["DATA_OPTIMIZER_CACHE_FOLDER"].startswith(cache)
@@ -224,7 +217,7 @@ def test_cache_reused_and_new_block_length_reads_it(corpus, monkeypatch):
     longer.prepare_data()
     longer.setup("validate")
     assert longer.cache_path("val") == path
-    stream = expected_stream(longer.tokenizer, corpus["val"], longer.eos_token_id)
+    stream = token_stream(longer.tokenizer, corpus["val"], longer.eos_token_id)
     ids, index, _ = read_split(longer, "val")
     n = len(stream) // 40
     assert ids.shape == (n, 40) and ids.reshape(-1).tolist() == stream[: n * 40]
@@ -244,7 +237,7 @@ def test_cache_rebuilt_when_source_or_tokenizer_changes(corpus, monkeypatch):
     dm2.prepare_data()
     assert spy.calls == 1 and old.is_dir() and dm2.cache_path("val").is_dir()
     dm2.setup("validate")
-    stream = expected_stream(dm2.tokenizer, changed, dm2.eos_token_id)
+    stream = token_stream(dm2.tokenizer, changed, dm2.eos_token_id)
     assert read_split(dm2, "val")[0].reshape(-1).tolist() == stream[: len(stream) // 16 * 16]
     # another tokenizer (different BPE size) -> both caches rebuilt
     dm3 = module(corpus, tokenizer="bpe:320")
@@ -281,7 +274,7 @@ def test_multi_chunk_cache_and_chunk_border_accounting(corpus, caplog):
     dm = module(corpus, chunk_tokens=96, block_length=16, train_files=None, tokenizer=corpus["tok"])  # 96 = 6 blocks of 16
     dm.prepare_data()
     dm.setup("validate")
-    stream = expected_stream(dm.tokenizer, corpus["val"], dm.eos_token_id)
+    stream = token_stream(dm.tokenizer, corpus["val"], dm.eos_token_id)
     index_json = json.loads((dm.cache_path("val") / "index.json").read_text())
     dims = [c["dim"] for c in index_json["chunks"]]
     assert len(dims) == -(-len(stream) // 96) and dims[:-1] == [96] * (len(dims) - 1) and sum(dims) == len(stream)
@@ -303,7 +296,7 @@ def test_eval_with_two_workers_reads_every_block_once(corpus):
     dm.prepare_data()
     dm.setup("validate")
     ids, index, _ = read_split(dm, "val")
-    stream = np.asarray(expected_stream(dm.tokenizer, corpus["val"], dm.eos_token_id))
+    stream = np.asarray(token_stream(dm.tokenizer, corpus["val"], dm.eos_token_id))
     n = len(stream) // 16
     assert sorted(index.tolist()) == list(range(n))
     assert (ids.numpy() == stream[: n * 16].reshape(n, 16)[index.numpy()]).all()
@@ -356,13 +349,13 @@ def test_jsonl_and_parquet_sources(tmp_path, monkeypatch):
     (tmp_path / "c.json").write_text(json.dumps([{"body": r["text"]} for r in records[25:]]))
     dm = TextDataModule(train_files=str(tmp_path / "a.jsonl"), tokenizer="bpe:300", block_length=8, cache_dir=str(tmp_path / "c"))
     dm.setup("fit")
-    stream = expected_stream(dm.tokenizer, [r["text"] for r in records[:25]], dm.eos_token_id)
+    stream = token_stream(dm.tokenizer, [r["text"] for r in records[:25]], dm.eos_token_id)
     assert dm.num_tokens("train") == len(stream)
     tok_dir = str(next((tmp_path / "c" / "tokenizers").glob("bpe-300-*")))
     dm2 = TextDataModule(val_files=str(tmp_path / "b.parquet"), test_files=str(tmp_path / "c.json"), text_column="body", tokenizer=tok_dir, block_length=8, cache_dir=str(tmp_path / "c"))
     dm2.setup("test")
     dm2.setup("validate")
-    stream = expected_stream(dm2.tokenizer, [r["text"] for r in records[25:]], dm2.eos_token_id)
+    stream = token_stream(dm2.tokenizer, [r["text"] for r in records[25:]], dm2.eos_token_id)
     for split in ("val", "test"):
         ids, _, _ = read_split(dm2, split)
         assert ids.reshape(-1).tolist() == stream[: len(stream) // 8 * 8]
@@ -398,7 +391,7 @@ def test_hugging_face_source(tmp_path, monkeypatch):
     assert len(articles) == 2
     # HF stores blank lines as empty rows: the raw text it represents has empty blank lines
     raw = re.sub(r"(?m)^[ \t]+$", "", WIKI_SAMPLE * 2)
-    stream = expected_stream(dm.tokenizer, split_wikitext_articles(raw), dm.eos_token_id)
+    stream = token_stream(dm.tokenizer, split_wikitext_articles(raw), dm.eos_token_id)
     assert dm.num_tokens("val") == len(stream)
     ids, _, _ = read_split(dm, "val")
     assert ids.reshape(-1).tolist() == stream[: len(stream) // 8 * 8]
@@ -490,7 +483,7 @@ def test_ddp_ranks_receive_different_blocks(corpus):
     )
     reference = {}
     for split, docs in (("train", corpus["train"]), ("val", corpus["val"])):
-        stream = np.asarray(expected_stream(dm.tokenizer, docs, dm.eos_token_id))
+        stream = np.asarray(token_stream(dm.tokenizer, docs, dm.eos_token_id))
         n = len(stream) // 16
         reference[split] = stream[: n * 16].reshape(n, 16)
         seen = [{i for i, _ in r[split]} for r in ranks]

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO_ROOT as ROOT
-from conftest import SCRIPTS
+from conftest import SCRIPTS, token_stream
 
 from mdlm.data import text as text_mod
 from mdlm.data.prepare import data_section, main, prepare
@@ -57,12 +57,6 @@ def prepared_module(corpus, prepared, **kw):
     args.update(kw)
     return TextDataModule(**args)
 
-
-def expected_stream(tok, docs, eos):
-    out: list[int] = []
-    for d in docs:
-        out += tok(d, add_special_tokens=False)["input_ids"] + [eos]
-    return np.asarray(out)
 
 
 def read_chunks(folder: Path) -> tuple[np.ndarray, list[int]]:
@@ -104,7 +98,7 @@ def test_prepare_writes_the_documents_in_order_with_manifest(corpus, workers, mo
     for split, docs in (("train", corpus["train"]), ("val", corpus["val"])):
         folder = Path(out[split])
         stream, dims = read_chunks(folder)
-        want = expected_stream(dm.tokenizer, docs, dm.eos_token_id)
+        want = np.asarray(token_stream(dm.tokenizer, docs, dm.eos_token_id))
         assert np.array_equal(stream, want)  # document order whatever the worker count
         assert max(dims) <= 256 and len(dims) >= 2
         m = json.loads((folder / "mdlm_prepared.json").read_text())
@@ -171,7 +165,7 @@ def test_int32_tokens_above_65535(tmp_path):
     assert dm.vocab_size > 1 << 16 and dm.token_dtype == "int32"
     out = prepare(dm, str(tmp_path / "p"), num_workers=2, shard_chars=600)
     stream, dims = read_chunks(Path(out["train"]))
-    want = expected_stream(dm.tokenizer, docs, dm.eos_token_id)
+    want = np.asarray(token_stream(dm.tokenizer, docs, dm.eos_token_id))
     assert stream.dtype == np.int32 and want.max() > 65_535 and np.array_equal(stream, want)
     ro = TextDataModule(prepared=out, tokenizer=str(tmp_path / "tok"), block_length=L, batch_size=8, cache_dir=str(tmp_path / "c2"))
     ro.setup("fit")
@@ -199,7 +193,7 @@ def test_hugging_face_rows_sharded_by_range_with_owt_style_validation(tmp_path, 
     docs = [r.strip() for r in rows if r.strip()]
     for split, want_docs in (("train", docs[:-20]), ("val", docs[-20:])):
         stream, _ = read_chunks(Path(out[split]))
-        assert np.array_equal(stream, expected_stream(dm.tokenizer, want_docs, dm.eos_token_id))
+        assert np.array_equal(stream, np.asarray(token_stream(dm.tokenizer, want_docs, dm.eos_token_id)))
         m = read_prepared_manifest(out[split])
         assert m["num_shards"] >= 2 and m["identity"]["hf"][2] == dm.sources[split].hf_split
 
@@ -397,7 +391,7 @@ def test_two_node_prepare_into_s3(corpus, s3_endpoint, tmp_path):
     index = json.loads(Path(tmp_path / "read" / "prepared").glob("*/index.json").__next__().read_text())
     assert {c["filename"].split("-")[1] for c in index["chunks"]} == {"0", "1"}  # both nodes' chunks, node 0 first
     assert [c["filename"].split("-")[1] for c in index["chunks"]] == sorted(c["filename"].split("-")[1] for c in index["chunks"])
-    want_stream = expected_stream(dm.tokenizer, corpus["train"], dm.eos_token_id)
+    want_stream = np.asarray(token_stream(dm.tokenizer, corpus["train"], dm.eos_token_id))
     assert m["num_tokens"] == len(want_stream)
     batches = list(dm._loader("train", train=False))
     ids = torch.cat([b["input_ids"] for b in batches]).numpy()
