@@ -7,7 +7,7 @@
   (torch 2.13's ``LeafSpec`` deprecation inside Lightning, jsonargparse's own deprecations of
   LightningCLI internals) are filtered at the source, once.
 - :func:`run_summary`: one line naming the run folder and what is in it.
-- :func:`default_num_threads`: CPU threads per process = usable cores ÷ processes on this node.
+- :func:`default_num_threads`: CPU threads per process = usable (not busy) cores ÷ processes on this node.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 from lightning.pytorch.callbacks import RichProgressBar
 
-__all__ = ["StepProgressBar", "default_num_threads", "quiet_lightning", "run_summary"]
+__all__ = ["StepProgressBar", "busy_cores_now", "default_num_threads", "quiet_lightning", "run_summary"]
 
 
 class _DropTips(logging.Filter):
@@ -96,12 +96,39 @@ def run_summary(log_dir: str | None, stage: str, extra: list[str] | None = None)
     return f"mdlm {stage}: results in {shown_dir}/ — {', '.join(found) if found else 'TensorBoard events'}"
 
 
+def busy_cores_now(interval_s: float = 0.3) -> float | None:
+    """Cores busy right now: ``cpu_count × (1 − idle share)`` of the machine's CPU time over ``interval_s``.
+
+    Read from ``/proc/stat`` (idle = ``idle + iowait`` jiffies); ``None`` where it cannot be read. This
+    process sleeps while it measures, so it does not count itself.
+    """
+    import time
+
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return sum(fields), fields[3] + (fields[4] if len(fields) > 4 else 0)
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(interval_s)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 <= total0:
+        return None
+    return (os.cpu_count() or 1) * (1.0 - (idle1 - idle0) / (total1 - total0))
+
+
 def default_num_threads(processes_on_node: int) -> int:
     """CPU threads for one process: available cores ÷ the processes of this node (≥ 1).
 
-    Available cores = the cores this process may use (its affinity) minus the 1-minute load average of
-    the machine, rounded (at least 1): on a shared machine a thread per busy core only adds contention
-    (measured in docs/performance.md). ``MDLM_NUM_THREADS`` or ``OMP_NUM_THREADS`` overrides it (see the CLI).
+    Available cores = the cores this process may use (its affinity) minus the busy cores, rounded (at
+    least 1): on a shared machine a thread per busy core only adds contention (measured in
+    docs/performance.md). Busy cores = min(1-minute load average, cores busy over the last 0.3 s): the
+    load average alone still counts a job that has just ended (the quick start's own ``pip install``
+    leaves it near 1 for a minute, which halved the quick start's speed on 2 cores), the instant
+    sample alone is fooled by a short burst. ``MDLM_NUM_THREADS`` or ``OMP_NUM_THREADS`` overrides it (see
+    the CLI).
     """
     try:
         cores = len(os.sched_getaffinity(0))
@@ -111,5 +138,8 @@ def default_num_threads(processes_on_node: int) -> int:
         busy = os.getloadavg()[0]
     except OSError:  # pragma: no cover
         busy = 0.0
+    now = busy_cores_now()
+    if now is not None:
+        busy = min(busy, now)
     available = min(cores, max(1, round(cores - busy)))
     return max(1, available // max(1, processes_on_node))
