@@ -83,7 +83,7 @@ def prepare_run(corpus: Path, workers: int, out: Path, scratch: Path, storage_op
 def stream_rate(location: str, cache: Path, storage_options=None, block: int = 1024, batch: int = 32) -> dict:
     from litdata import StreamingDataLoader, StreamingDataset, TokensLoader
 
-    from mdlm.data.text import enable_http_endpoint
+    from mdlm.data.streaming import enable_http_endpoint
 
     kw = {}
     if storage_options:

@@ -72,8 +72,29 @@ def replace_readme_section(readme: str | os.PathLike, start: str, end: str, text
     path.write_text(f"{head}{start}\n{text}\n{end}{tail}")
 
 
+def _validation_due(trainer: Trainer) -> bool:
+    """Whether the fit loop will validate at the end of the current training batch (asked from a hook that
+    runs before it does, e.g. a checkpoint saved in ``on_train_batch_end``)."""
+    if trainer.state.fn != "fit" or trainer.sanity_checking or trainer.validating:
+        return False
+    loop = trainer.fit_loop
+    fetcher = getattr(loop, "_data_fetcher", None)
+    if fetcher is None:
+        return False
+    try:
+        return bool(loop.epoch_loop._should_check_val_fx(fetcher))
+    except Exception:  # pragma: no cover - a Lightning internals change: no re-validation, as before
+        return False
+
+
 class MetricsHistory(Callback):
     """Record every validation's scalar metrics with step and wall time; write JSON on rank 0.
+
+    The history travels in checkpoints, so a resumed run's ``metrics.json`` holds the rows before the
+    checkpoint. A checkpoint written during a training step *before* that step's validation (e.g. by
+    ``ModelCheckpoint(every_n_train_steps=...)``) records that the validation was due; Lightning skips it
+    on resume, so the resumed run runs it before its first step (and so its row, early stopping and the
+    after-validation checkpoint are not lost).
 
     Args:
         path: output file; default ``<trainer.log_dir>/metrics.json``.
@@ -85,6 +106,23 @@ class MetricsHistory(Callback):
         self.history: list[dict[str, Any]] = []
         self._t0: float | None = None
         self._started: str | None = None
+        self._trainer: Trainer | None = None
+        self._pending_step: int | None = None
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._trainer = trainer
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Run the validation a checkpoint was written before, when resuming from it (see the class doc)."""
+        pending, self._pending_step = self._pending_step, None
+        if pending is None or pending != trainer.global_step or any(r["step"] == pending for r in self.history):
+            return
+        loop = trainer.fit_loop.epoch_loop
+        first_loop_iter = trainer._logger_connector._first_loop_iter
+        trainer.validating = True
+        loop.val_loop.run()
+        trainer.training = True
+        trainer._logger_connector._first_loop_iter = first_loop_iter
 
     def _out_path(self, log_dir: str | None) -> Path:
         if self.path:
@@ -136,10 +174,15 @@ class MetricsHistory(Callback):
         tmp.replace(out)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history}
+        state: dict[str, Any] = {"history": self.history}
+        trainer = self._trainer
+        if trainer is not None and _validation_due(trainer):
+            state["validation_due_at_step"] = trainer.global_step
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict.get("history", []))
+        self._pending_step = state_dict.get("validation_due_at_step")
 
 
 class EvaluateAtEnd(Callback):

@@ -64,17 +64,17 @@ from typing import Any
 import numpy as np
 
 from mdlm.data.packing import batched, pack_documents
-from mdlm.data.text import (
+from mdlm.data.sources import DataError
+from mdlm.data.streaming import (
     PREPARED_FILE,
     PREPARED_FORMAT,
-    DataError,
-    TextDataModule,
     _environ,
     enable_http_endpoint,
     fetch_small_file,
     is_remote,
     read_prepared_manifest,
 )
+from mdlm.data.text import TextDataModule
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +218,7 @@ def prepare_split(
     Returns the manifest; None on a node that does not merge (multi-node, not the last rank).
     An ``output_dir`` that already holds this split with the same fingerprint is left as it is.
     """
-    from mdlm.data import text as text_mod  # optimize indirection (tests observe it)
+    from mdlm.data import streaming  # optimize indirection (tests observe it)
 
     storage_options = dict(storage_options or {})
     enable_http_endpoint(storage_options)
@@ -286,7 +286,7 @@ def prepare_split(
         from litdata import TokensLoader
 
         with _environ(**env), (contextlib.redirect_stdout(sys.stderr) if not verbose else contextlib.nullcontext()):
-            text_mod.optimize(
+            streaming.optimize(
                 fn=fn,
                 inputs=list(range(num_shards)),
                 output_dir=output_dir,

@@ -1,5 +1,10 @@
 """Generic packed-text data module: documents -> tokens (cached once with litdata) -> blocks.
 
+The pieces: :mod:`mdlm.data.sources` (where a split's text comes from: files or a Hugging Face
+split, read as documents), :mod:`mdlm.data.streaming` (litdata chunk writing, block reading,
+remote locations) and :mod:`mdlm.data.packing` (documents -> token stream); this module ties them
+into :class:`TextDataModule`.
+
 Pipeline
 --------
 ``__init__`` checks the sources and loads the tokenizer (the CLI links ``vocab_size`` and
@@ -26,12 +31,11 @@ A build writes into ``.build-*`` (litdata's scratch folders ``DATA_OPTIMIZER_CAC
 to ``<split>-<key16>`` only when complete, so an interrupted run never leaves a half cache (a killed
 run leaves a ``.build-*`` folder that is never read and may be deleted).
 
-Tokens are stored as ``uint16`` when ``len(tokenizer) <= 65536`` (else ``int32``) and cast to
-``torch.long`` by the collate function. Every chunk holds exactly ``chunk_tokens`` tokens (the last
-one fewer); ``TokensLoader`` cuts blocks inside a chunk, so nothing is lost at chunk borders when
-``block_length`` divides ``chunk_tokens`` (the default 6,451,200 = 2^12·3^2·5^2·7 is divisible by
-150, 128, 256, 512, 1024, 2048, 4096, ...); otherwise the tokens lost at chunk borders are counted
-and reported with a warning.
+Tokens are stored as ``uint16`` or ``int32`` (:mod:`mdlm.data.streaming`). Every chunk holds
+exactly ``chunk_tokens`` tokens (the last one fewer); ``TokensLoader`` cuts blocks inside a chunk,
+so nothing is lost at chunk borders when ``block_length`` divides ``chunk_tokens`` (the default
+6,451,200 = 2^12·3^2·5^2·7 is divisible by 150, 128, 256, 512, 1024, 2048, 4096, ...); otherwise
+the tokens lost at chunk borders are counted and reported with a warning.
 
 Reading
 -------
@@ -43,8 +47,7 @@ Reading
   ``num_tokens % block_length`` tokens of a split (fewer than one block) are not read; their count
   is logged.
 
-Batches: ``{"input_ids": LongTensor[B, L], "index": LongTensor[B]}``, where ``index`` is the
-global block index (stable across ranks and workers; evaluation randomness can be keyed on it).
+Batches and resuming the train stream: :mod:`mdlm.data.streaming`.
 
 Prepared datasets
 -----------------
@@ -54,15 +57,11 @@ Prepared datasets
 is never tokenized nor cached per node: its ``mdlm_prepared.json`` manifest is checked against this
 run's tokenizer (fingerprint), EOS id and, when the split's source is configured too, the source
 identity, and a mismatch is refused with one line. Streaming is rank-aware (the dataset is built in
-the dataloader hooks) and the train loader's state (saved by Lightning in checkpoints) resumes the
-exact sample sequence; a resume with another world size, worker count or batch size is refused
-(``resume_topology="strict"``, default) or restriped by litdata without duplicates
-(``"elastic"``; the order then differs from an uninterrupted run).
+the dataloader hooks) and the train loader's state resumes the exact sample sequence.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -70,18 +69,31 @@ import multiprocessing as mp
 import os
 import shutil
 import uuid
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from litdata import StreamingDataLoader, StreamingDataset, TokensLoader
-from litdata.streaming.sampler import ChunkedIndex
+from litdata import TokensLoader
 
+from mdlm.data import streaming
 from mdlm.data.contract import MDLMDataModule
-from mdlm.data.packing import DOCUMENT_MODES, batched, count_blocks, iter_line_documents, pack_documents, text_lines
+from mdlm.data.packing import DOCUMENT_MODES, batched, count_blocks, pack_documents
+from mdlm.data.sources import DataError, SplitSource
+from mdlm.data.streaming import (
+    PREPARED_FILE,
+    BlockDataset,
+    BlockLoader,
+    _environ,
+    _StreamSlicer,
+    collate_blocks,
+    default_cache_dir,
+    enable_http_endpoint,
+    fetch_small_file,
+    is_remote,
+    read_prepared_manifest,
+    token_dtype_for,
+)
 from mdlm.data.tokenizer import (
     TokenizerError,
     load_tokenizer,
@@ -110,380 +122,8 @@ SPLITS = ("train", "val", "test")
 CHUNK_TOKENS = 6_451_200
 CACHE_FORMAT = 1
 META_FILE = "mdlm_meta.json"
-#: manifest of a prepared dataset (beside litdata's index.json), see mdlm.data.prepare
-PREPARED_FILE = "mdlm_prepared.json"
-PREPARED_FORMAT = 1
-REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "r2://", "azure://", "az://", "abfs://", "hf://")
-TEXT_SUFFIXES_JSONL = (".jsonl", ".json")
-TEXT_SUFFIXES_PARQUET = (".parquet",)
 _TOKENIZE_BATCH = 256
 _STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}
-
-
-class DataError(ValueError):
-    """Bad data configuration or input (one-line message naming what is wrong)."""
-
-
-def token_dtype_for(vocab_size: int) -> str:
-    """``uint16`` when every id fits (ids up to 65,535), else ``int32`` (torch has few uint32 ops)."""
-    return "uint16" if vocab_size <= 1 << 16 else "int32"
-
-
-def is_remote(path: str) -> bool:
-    return str(path).startswith(REMOTE_SCHEMES)
-
-
-def enable_http_endpoint(storage_options: dict[str, Any] | None) -> None:
-    """Let litdata's obstore client talk to a plain-``http://`` S3 endpoint (MinIO, moto, ...).
-
-    litdata 0.2.7x builds obstore ``S3Store`` clients without ``allow_http``, so uploads and chunk
-    downloads to an ``http://`` ``endpoint_url`` fail with "HTTP error: builder error"; boto3 (index
-    files) works. Called before any obstore client exists (forked workers inherit it).
-    """
-    endpoint = str((storage_options or {}).get("endpoint_url") or "")
-    if not endpoint.startswith("http://"):
-        return
-    try:
-        from litdata.streaming import downloader
-    except ImportError:  # pragma: no cover
-        return
-    options = getattr(downloader, "_OBSTORE_CLIENT_OPTIONS", None)
-    if isinstance(options, dict):
-        options["allow_http"] = "true"
-
-
-def fetch_small_file(url: str, dest: Path, storage_options: dict[str, Any] | None) -> Path:
-    """Copy ``url`` (a local path or an object-store URL) to ``dest``; one-line error when absent."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    if not is_remote(url):
-        src = Path(url).expanduser()
-        if not src.is_file():
-            raise DataError(f"{src} does not exist")
-        return src
-    from litdata.streaming.fs_provider import _get_fs_provider
-
-    enable_http_endpoint(storage_options)
-    provider = _get_fs_provider(url, dict(storage_options or {}))
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}-{uuid.uuid4().hex[:6]}")
-    try:
-        provider.download_file(url, str(tmp))
-    except Exception as err:  # noqa: BLE001 - missing object, no credentials, unreachable endpoint
-        tmp.unlink(missing_ok=True)
-        raise DataError(f"could not read {url}: {type(err).__name__}: {_one_line(err, 160)}") from err
-    os.replace(tmp, dest)
-    return dest
-
-
-def read_prepared_manifest(location: str, storage_options: dict[str, Any] | None = None, scratch: Path | None = None) -> dict[str, Any]:
-    """The ``mdlm_prepared.json`` of a prepared split (local folder or URL)."""
-    scratch = scratch or default_cache_dir() / "prepared"
-    key = hashlib.sha256(str(location).encode()).hexdigest()[:16]
-    url = str(location).rstrip("/") + "/" + PREPARED_FILE
-    try:
-        path = fetch_small_file(url, scratch / key / PREPARED_FILE, storage_options)
-    except DataError as err:
-        raise DataError(
-            f"{location} is not a prepared mdlm dataset (no {PREPARED_FILE}: {err}); "
-            "write one with: python -m mdlm.data.prepare --config CONFIG --output_dir DIR"
-        ) from err
-    manifest = json.loads(Path(path).read_text())
-    if manifest.get("format") != PREPARED_FORMAT:
-        raise DataError(f"{location}: prepared format {manifest.get('format')!r} is not {PREPARED_FORMAT}; prepare it again")
-    return manifest
-
-
-def default_cache_dir() -> Path:
-    """``$MDLM_CACHE_DIR`` or ``~/.cache/mdlm``."""
-    return Path(os.environ.get("MDLM_CACHE_DIR") or Path.home() / ".cache" / "mdlm").expanduser()
-
-
-def _one_line(text: Any, limit: int = 200) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-_SHA_MEMO: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes (memoized per path, size and mtime within the process)."""
-    st = path.stat()
-    memo_key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if memo_key not in _SHA_MEMO:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _SHA_MEMO[memo_key] = h.hexdigest()
-    return _SHA_MEMO[memo_key]
-
-
-@dataclass
-class SplitSource:
-    """Where one split's text comes from: local files or a Hugging Face dataset split."""
-
-    split: str
-    files: tuple[Path, ...] = ()
-    hf_path: str | None = None
-    hf_name: str | None = None
-    hf_split: str | None = None
-    text_column: str = "text"
-    documents: str = "file"
-    _hf_dataset: Any = field(default=None, repr=False, compare=False)
-
-    @property
-    def is_hf(self) -> bool:
-        return self.hf_path is not None
-
-    def describe(self) -> str:
-        if self.is_hf:
-            cfg = f", {self.hf_name}" if self.hf_name else ""
-            return f"Hugging Face {self.hf_path}{cfg} [{self.hf_split}]"
-        return ", ".join(str(f) for f in self.files)
-
-    # -- Hugging Face -------------------------------------------------------------------------
-    def hf_dataset(self) -> Any:
-        if self._hf_dataset is None:
-            self._hf_dataset = load_hf_split(self.hf_path, self.hf_name, self.hf_split)
-            if self.text_column not in self._hf_dataset.column_names:
-                raise DataError(
-                    f"Hugging Face dataset {self.hf_path!r} [{self.hf_split}] has no column {self.text_column!r} "
-                    f"(columns: {', '.join(self._hf_dataset.column_names)}); set text_column"
-                )
-        return self._hf_dataset
-
-    # -- identity -----------------------------------------------------------------------------
-    def identity(self) -> dict[str, Any]:
-        """What the tokens depend on (besides the tokenizer): content hashes, not paths."""
-        ident: dict[str, Any] = {"documents": self.documents, "text_column": self.text_column}
-        if self.is_hf:
-            ds = self.hf_dataset()
-            ident["hf"] = [self.hf_path, self.hf_name, self.hf_split, getattr(ds, "_fingerprint", None)]
-        else:
-            ident["files"] = [[f.suffix.lower(), file_sha256(f)] for f in self.files]
-        return ident
-
-    # -- documents ----------------------------------------------------------------------------
-    def iter_records(self) -> Iterator[tuple[str, str]]:
-        """(where, text) per record: a whole plain-text file, or one JSONL/parquet/HF row."""
-        if self.is_hf:
-            ds = self.hf_dataset().select_columns([self.text_column])
-            row = 0
-            for batch in ds.iter(batch_size=1000):
-                for text in batch[self.text_column]:
-                    where = f"{self.describe()} row {row}"
-                    yield where, _check_text(text, where, self.text_column)
-                    row += 1
-            return
-        for path in self.files:
-            suffix = path.suffix.lower()
-            if suffix in TEXT_SUFFIXES_JSONL:
-                yield from _iter_jsonl(path, self.text_column)
-            elif suffix in TEXT_SUFFIXES_PARQUET:
-                yield from _iter_parquet(path, self.text_column)
-            else:
-                try:
-                    yield str(path), path.read_text(encoding="utf-8")
-                except UnicodeDecodeError as err:
-                    raise DataError(f"{path} is not UTF-8 text ({_one_line(err)})") from err
-
-    def iter_documents(self) -> Iterator[str]:
-        """The split's documents (see :mod:`mdlm.data.packing`), in source order, streaming.
-
-        Plain-text files are read line by line except in ``"file"`` mode. With ``"wikitext"`` the
-        records of a JSONL/parquet/HF source are treated as consecutive lines of one raw text
-        (Hugging Face ``wikitext`` stores one line per row).
-        """
-        mode = self.documents
-        if self.is_hf or mode == "file":
-            sources: list[Any] = [self]
-        else:
-            sources = [SplitSource(self.split, files=(f,), text_column=self.text_column, documents=mode) for f in self.files]
-        for src in sources:
-            if mode == "file":
-                for _, text in src.iter_records():
-                    if text.strip():
-                        yield text.strip()
-            elif src.is_hf or _is_record_file(src.files[0]):
-                if mode == "wikitext":
-                    lines = (ln for _, text in src.iter_records() for ln in _record_lines(text))
-                    yield from iter_line_documents(lines, mode)
-                else:
-                    for _, text in src.iter_records():
-                        yield from iter_line_documents(text_lines(text), mode)
-            else:
-                path = src.files[0]
-                try:
-                    with open(path, encoding="utf-8", newline="") as f:
-                        yield from iter_line_documents(f, mode)
-                except UnicodeDecodeError as err:
-                    raise DataError(f"{path} is not UTF-8 text ({_one_line(err)})") from err
-
-
-def _record_lines(text: str) -> Iterator[str]:
-    """A record as whole lines: ``""`` is a blank line (HF wikitext's empty rows), ends added."""
-    if not text:
-        yield "\n"
-        return
-    for line in text_lines(text):
-        yield line if line.endswith(("\n", "\r")) else line + "\n"
-
-
-def _is_record_file(path: Path) -> bool:
-    return path.suffix.lower() in TEXT_SUFFIXES_JSONL + TEXT_SUFFIXES_PARQUET
-
-
-def _check_text(value: Any, where: str, column: str) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise DataError(f"{where}: column {column!r} holds {type(value).__name__}, not text")
-    return value
-
-
-def _iter_jsonl(path: Path, column: str) -> Iterator[tuple[str, str]]:
-    with open(path, encoding="utf-8") as f:
-        head = f.read(1 << 16).lstrip()
-        f.seek(0)
-        if head.startswith("["):  # a JSON array of records
-            records = json.load(f)
-            for i, rec in enumerate(records):
-                yield _record_text(rec, f"{path} record {i}", column)
-            return
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{lineno} is not valid JSON ({err.msg})") from err
-            yield _record_text(rec, f"{path}:{lineno}", column)
-
-
-def _record_text(rec: Any, where: str, column: str) -> tuple[str, str]:
-    if not isinstance(rec, dict) or column not in rec:
-        keys = ", ".join(rec) if isinstance(rec, dict) else type(rec).__name__
-        raise DataError(f"{where} has no {column!r} field (found: {keys}); set text_column")
-    return where, _check_text(rec[column], where, column)
-
-
-def _iter_parquet(path: Path, column: str) -> Iterator[tuple[str, str]]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as err:  # pragma: no cover - pyarrow comes with datasets
-        raise DataError(f"reading {path} needs pyarrow: pip install pyarrow") from err
-    pf = pq.ParquetFile(path)
-    names = pf.schema_arrow.names
-    if column not in names:
-        raise DataError(f"{path} has no column {column!r} (columns: {', '.join(names)}); set text_column")
-    row = 0
-    for batch in pf.iter_batches(columns=[column], batch_size=4096):
-        for text in batch.column(0).to_pylist():
-            yield f"{path} row {row}", _check_text(text, f"{path} row {row}", column)
-            row += 1
-
-
-def load_hf_split(path: str, name: str | None, split: str) -> Any:
-    """``datasets.load_dataset(path, name, split=split)`` with one-line errors (lazy import)."""
-    try:
-        import datasets
-    except ImportError as err:
-        raise DataError(
-            f"loading the Hugging Face dataset {path!r} needs the `datasets` package "
-            "(pip install 'mdlm[hf]'), or use local files"
-        ) from err
-    try:
-        return datasets.load_dataset(path, name, split=split)
-    except Exception as err:  # noqa: BLE001 - network, missing config/split, ...: one clear line
-        cfg = f" (config {name!r})" if name else ""
-        raise DataError(
-            f"could not load Hugging Face dataset {path!r}{cfg} split {split!r}: {type(err).__name__}: "
-            f"{_one_line(err, 160)}; the hub may be unreachable (offline?) - use local files instead"
-        ) from err
-
-
-def collate_blocks(items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Stack blocks into ``{"input_ids": LongTensor[B, L], "index": LongTensor[B]}``."""
-    ids = np.stack([np.asarray(it["input_ids"]) for it in items]).astype(np.int64)
-    index = torch.tensor([int(it["index"]) for it in items], dtype=torch.long)
-    return {"input_ids": torch.from_numpy(ids), "index": index}
-
-
-class BlockDataset(StreamingDataset):
-    """A litdata StreamingDataset whose items carry their global block index."""
-
-    def __getitem__(self, index: Any) -> Any:
-        item = super().__getitem__(index)
-        if isinstance(index, ChunkedIndex):
-            return {"input_ids": item, "index": index.index}
-        if isinstance(index, int):
-            return {"input_ids": item, "index": index}
-        return item  # slices / keys: plain items
-
-
-class BlockLoader(StreamingDataLoader):
-    """StreamingDataLoader that refuses a resume litdata cannot continue exactly (one line).
-
-    litdata replays the exact sample sequence when world size, workers and batch size are unchanged;
-    otherwise it restripes the rest of the epoch ("elastic" resume: no duplicates, another order).
-    With ``resume_topology="strict"`` that change is an error instead.
-    """
-
-    def __init__(self, *args: Any, resume_topology: str = "strict", **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.resume_topology = resume_topology
-
-    def load_state_dict(self, obj: dict[str, Any]) -> None:
-        state = obj.get("dataset", {}) if isinstance(obj, dict) else {}
-        if self.resume_topology == "strict" and state:
-            env = self.dataset.distributed_env
-            now = {"world_size": int(env.world_size), "num_workers": max(self.num_workers, 1), "batch_size": int(self.batch_size or 0)}
-            then = {k: int(state.get(k, now[k]) or 1) for k in now}
-            if then != now:
-                diff = ", ".join(f"{k} {then[k]} -> {now[k]}" for k in now if then[k] != now[k])
-                raise DataError(
-                    f"cannot resume the train stream exactly: the checkpoint was written with "
-                    f"world_size={then['world_size']}, num_workers={then['num_workers']}, batch_size={then['batch_size']} "
-                    f"({diff}); resume with the same devices x nodes, data.num_workers and batch_size, "
-                    "or set data.resume_topology=elastic (litdata restripes the rest of the epoch: no duplicates, another order)"
-                )
-        for key, mine in (("seed", getattr(self.dataset, "seed", None)), ("shuffle", getattr(self.dataset, "shuffle", None))):
-            if state and key in state and mine is not None and state[key] != mine:
-                raise DataError(f"cannot resume the train stream: the checkpoint's {key}={state[key]!r} differs from this run's {mine!r}")
-        super().load_state_dict(obj)
-
-
-class _StreamSlicer:
-    """optimize() fn: chunk ``i`` of the token stream file (exactly ``chunk_tokens`` tokens)."""
-
-    def __init__(self, path: str, dtype: str, chunk_tokens: int) -> None:
-        self.path, self.dtype, self.chunk_tokens = path, dtype, chunk_tokens
-
-    def __call__(self, chunk: int) -> np.ndarray:
-        data = np.memmap(self.path, dtype=self.dtype, mode="r")
-        start = chunk * self.chunk_tokens
-        return np.array(data[start : start + self.chunk_tokens])
-
-
-@contextlib.contextmanager
-def _environ(**values: str) -> Iterator[None]:
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def optimize(*args: Any, **kwargs: Any) -> None:
-    """litdata.optimize (module-level indirection: tests can observe or forbid rebuilds)."""
-    from litdata import optimize as _optimize
-
-    _optimize(*args, **kwargs)
 
 
 class TextDataModule(MDLMDataModule):
@@ -727,7 +367,7 @@ class TextDataModule(MDLMDataModule):
                 env["TOKENIZERS_PARALLELISM"] = "false"
             start_method = "fork" if "fork" in mp.get_all_start_methods() else None
             with _environ(**env):
-                optimize(
+                streaming.optimize(
                     fn=_StreamSlicer(str(stream_path), self.token_dtype, self.chunk_tokens),
                     inputs=list(range(num_chunks)),
                     output_dir=str(out),

@@ -20,8 +20,7 @@ import torch
 from conftest import GPT2, SCRIPTS, WIKI, make_lines, needs_wiki, needs_wiki_gpt2, token_stream
 from conftest import REPO_ROOT as ROOT
 
-from mdlm.data import packing
-from mdlm.data import text as text_mod
+from mdlm.data import packing, streaming
 from mdlm.data.packing import count_blocks, pack_documents, split_blocks, split_documents, split_wikitext_articles
 from mdlm.data.text import DataError, TextDataModule
 from mdlm.data.tokenizer import TokenizerError, load_tokenizer, train_bpe_tokenizer
@@ -63,7 +62,7 @@ def read_split(dm, split):
     return ids, index, batches
 
 
-REAL_OPTIMIZE = text_mod.optimize
+REAL_OPTIMIZE = streaming.optimize
 
 
 class OptimizeSpy:
@@ -72,7 +71,7 @@ class OptimizeSpy:
     def __init__(self, monkeypatch, fail: BaseException | None = None):
         self.calls, self.env, self.fail = 0, [], fail
         self.real = REAL_OPTIMIZE
-        monkeypatch.setattr(text_mod, "optimize", self)
+        monkeypatch.setattr(streaming, "optimize", self)
 
     def __call__(self, *args, **kwargs):
         self.calls += 1
@@ -87,7 +86,7 @@ def forbid_optimize(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("the token cache was rebuilt")
 
-    monkeypatch.setattr(text_mod, "optimize", boom)
+    monkeypatch.setattr(streaming, "optimize", boom)
 
 
 # --------------------------------------------------------------------------- packing

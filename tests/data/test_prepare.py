@@ -21,7 +21,7 @@ import torch
 from conftest import REPO_ROOT as ROOT
 from conftest import SCRIPTS, token_stream
 
-from mdlm.data import text as text_mod
+from mdlm.data import streaming
 from mdlm.data.prepare import data_section, main, prepare
 from mdlm.data.text import DataError, TextDataModule, read_prepared_manifest
 from mdlm.data.tokenizer import train_bpe_tokenizer
@@ -86,7 +86,7 @@ def forbid_optimize(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("tokenized again")
 
-    monkeypatch.setattr(text_mod, "optimize", boom)
+    monkeypatch.setattr(streaming, "optimize", boom)
 
 
 # --------------------------------------------------------------------------- prepare

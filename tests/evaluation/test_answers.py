@@ -11,10 +11,10 @@ import pytest
 import torch
 from conftest import SHARED_DATA as DATA
 
-from mdlm import answers as A
 from mdlm.answers import (
     AnswerAccuracy,
     AnswerTimeout,
+    equivalence,
     extract_answer,
     gsm8k_is_correct,
     gsm8k_predicted_answer,
@@ -37,7 +37,7 @@ def _jsonl(rel: str) -> list[dict]:
         return [json.loads(line) for line in f]
 
 
-needs_math_verify = pytest.mark.skipif(not A.math_verify_available(), reason="math_verify is not installed")
+needs_math_verify = pytest.mark.skipif(not equivalence.math_verify_available(), reason="math_verify is not installed")
 
 # --------------------------------------------------------------------------- #
 # GSM8K
@@ -345,7 +345,7 @@ def test_math500_answer_field_matches_own_solution_box() -> None:
 def test_math500_math_verify_route_alone_accepts_all() -> None:
     """The math_verify route on its own (no string shortcut) parses and accepts every answer."""
     records = _jsonl("math/math500_test.jsonl")
-    failed = [r["unique_id"] for r in records if not A._math_verify_equal(r["answer"], last_boxed(r["solution"]))]
+    failed = [r["unique_id"] for r in records if not equivalence._math_verify_equal(r["answer"], last_boxed(r["solution"]))]
     assert failed == []
 
 
@@ -448,11 +448,19 @@ def test_run_with_timeout_and_math_verify_off_main_thread() -> None:
 
 
 def test_math_is_equivalent_timeout_counts_as_wrong(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(A, "_math_verify_equal", lambda p, r: _spin(5.0) and True)
-    monkeypatch.setattr(A, "math_verify_available", lambda: True)
+    calls = []
+
+    def slow(p: str, r: str) -> bool:
+        calls.append((p, r))
+        return _spin(5.0) and True
+
+    # patched in mdlm.answers.equivalence, where math_is_equivalent looks them up
+    monkeypatch.setattr(equivalence, "_math_verify_equal", slow)
+    monkeypatch.setattr(equivalence, "math_verify_available", lambda: True)
     start = time.monotonic()
     assert math_is_equivalent("x^2", "2x", timeout_s=0.2) is False
     assert time.monotonic() - start < 2.0
+    assert calls == [("x^2", "2x")]  # the slow route really ran (the patch took effect)
     assert math_is_equivalent("5", "x=5", timeout_s=0.2) is True  # string route needs no budget
 
 

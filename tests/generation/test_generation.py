@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import mdlm.generation as gen_mod
+import mdlm.generation.denoise as denoise_mod  # _denoise looks up _draw_uniform here
 from mdlm.generation import (
     PRESETS,
     GenerationConfig,
@@ -412,7 +412,7 @@ def test_matches_llada_loop(tiny, monkeypatch, batch, gen_length, steps, block_l
 
     reference = llada_generate(tiny, prompt, steps, gen_length, block_length, temperature,
                                cfg_scale, remasking, MASK, table)
-    monkeypatch.setattr(gen_mod, "_draw_uniform", fixed_uniform)
+    monkeypatch.setattr(denoise_mod, "_draw_uniform", fixed_uniform)
     ours = generate(tiny, list(prompt), mask_token_id=MASK, gen_length=gen_length, steps=steps,
                     block_length=block_length, temperature=temperature, cfg_scale=cfg_scale,
                     remasking=remasking)

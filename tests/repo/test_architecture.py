@@ -24,12 +24,23 @@ PACKAGE = REPO / "mdlm"
 #: remote-code stand-ins (package data copied into model folders; they register with transformers' Auto
 #: classes on import and are loaded by transformers, not imported as mdlm modules)
 NOT_MODULES = ("mdlm/testing/standins/",)
-MAX_LINES = 800
-#: modules allowed above MAX_LINES, and why
+MAX_LINES = 500
+#: modules allowed above MAX_LINES (lines counted with docstrings, about a fifth of each), and why
 LARGE_MODULES = {
-    "mdlm/generation.py": "the reverse process and its options (remasking, thresholds, caches, EOS stop, lockstep "
-    "under FSDP) share one validated GenerationConfig and one decoding loop",
-    "mdlm/data/text.py": "the text data module: sources (files, hub, prepared litdata shards, S3) and streaming loaders",
+    "mdlm/module.py": "one class, the LightningModule (527 lines): training/validation/test/predict steps, "
+    "optimizer and schedule, metrics; the loss itself is in objective.py",
+    "mdlm/data/text.py": "one class, TextDataModule (443 lines): local/hub/prepared sources per split, cache "
+    "keys and fingerprints, rank-aware loaders; sources.py and streaming.py hold everything else",
+    "mdlm/data/arithmetic.py": "the task's generator, its independent solver and its data module belong together: "
+    "the disjointness of train and test rests on the enumeration in this file",
+    "mdlm/export.py": "one command, mdlm export: checkpoint weights (full, sharded, EMA/raw) -> one of two "
+    "Hugging Face formats with tokenizer; each step is a small function",
+    "mdlm/models/hf.py": "one class, HFBackbone (380 lines): loading, meta init, bidirectional attention, "
+    "padding and per-family traits; version shims are in hf_compat.py",
+    "mdlm/models/loading.py": "checkpoint-to-model key mapping with its report; a third of the file is the "
+    "docstrings that state each family's key rules",
+    "mdlm/lm_eval_adapter.py": "one class, lm-eval's LM interface (391 lines: loglikelihood, rolling, "
+    "generate_until) over one checkpoint",
 }
 
 
