@@ -10,8 +10,8 @@ The data section of the YAML (``data: {class_path, init_args}``, the same one ``
 several ``--config`` compose, later ones win) builds the data module, so the sources, document
 mode, tokenizer and chunk size are exactly the training run's. Each split is written to
 ``<output_dir>/<split>/``: litdata's ``index.json`` + ``chunk-*.bin`` and ``mdlm_prepared.json``
-(the manifest). A local ``output_dir`` also gets ``tokenizer/`` (the tokenizer used) and
-``data_prepared.yaml``, a config overlay that points a run at the prepared splits::
+(the manifest). The ``output_dir`` (local or remote) also gets ``tokenizer/`` (the tokenizer used)
+and ``data_prepared.yaml``, a config overlay that points a run at the prepared splits::
 
     mdlm fit --config configs/wikitext_uniform.yaml --config DIR/data_prepared.yaml
 
@@ -369,20 +369,35 @@ def prepare(
         prepare_split(dm, split, location, num_workers=num_workers, storage_options=storage_options, shard_chars=shard_chars,
                       scratch_dir=scratch_dir, overwrite=overwrite, verbose=verbose)
         out[split] = location
-    if (_num_nodes() == 1 or _node_rank() == _num_nodes() - 1) and not is_remote(output_dir):
-        _write_local_extras(dm, Path(output_dir), out, storage_options)
+    if _num_nodes() == 1 or _node_rank() == _num_nodes() - 1:
+        _write_extras(dm, output_dir, out, storage_options, scratch_dir)
     return out
 
 
-def _write_local_extras(dm: TextDataModule, root: Path, splits: dict[str, str], storage_options: dict[str, Any]) -> None:
-    tok_dir = root / "tokenizer"
-    if not (tok_dir / "tokenizer_config.json").is_file():
-        dm.tokenizer.save_pretrained(str(tok_dir))
+def _write_extras(dm: TextDataModule, output_dir: str, splits: dict[str, str], storage_options: dict[str, Any],
+                  scratch_dir: str | None = None) -> None:
+    """``<output_dir>/tokenizer/`` (the tokenizer used, with the [MASK]/[PAD] mdlm added) and
+    ``<output_dir>/data_prepared.yaml`` (a config overlay pointing at the splits), locally or uploaded
+    to the object store."""
     lines = ["# written by python -m mdlm.data.prepare: compose after the training config", "data:", "  init_args:", "    prepared:"]
-    lines += [f"      {k}: {str(Path(v).resolve())}" for k, v in splits.items()]
+    remote = is_remote(output_dir)
+    lines += [f"      {k}: {v if remote else str(Path(v).resolve())}" for k, v in splits.items()]
     if storage_options:
         lines.append(f"    storage_options: {json.dumps(storage_options)}")
-    (root / "data_prepared.yaml").write_text("\n".join(lines) + "\n")
+    overlay = "\n".join(lines) + "\n"
+    if not remote:
+        root = Path(output_dir)
+        tok_dir = root / "tokenizer"
+        if not (tok_dir / "tokenizer_config.json").is_file():
+            dm.tokenizer.save_pretrained(str(tok_dir))
+        (root / "data_prepared.yaml").write_text(overlay)
+        return
+    with tempfile.TemporaryDirectory(dir=scratch_dir) as tmp:
+        local = Path(tmp)
+        dm.tokenizer.save_pretrained(str(local / "tokenizer"))
+        (local / "data_prepared.yaml").write_text(overlay)
+        for path in sorted(p for p in local.rglob("*") if p.is_file()):
+            _put_file(path, _join(output_dir, path.relative_to(local).as_posix()), storage_options)
 
 
 # ----------------------------------------------------------------------------- config / CLI

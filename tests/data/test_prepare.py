@@ -333,6 +333,24 @@ def test_s3_round_trip_and_two_rank_training(corpus, s3_endpoint, tmp_path):
     keys = [o["Key"] for o in boto3.client("s3", endpoint_url=s3_endpoint).list_objects_v2(Bucket="bucket", Prefix="roundtrip/")["Contents"]]
     assert "roundtrip/train/index.json" in keys and "roundtrip/train/mdlm_prepared.json" in keys
     assert any(k.startswith("roundtrip/val/chunk-1-") for k in keys)
+    # the tokenizer and the config overlay are uploaded beside the splits, as a local output gets them
+    assert "roundtrip/tokenizer/tokenizer_config.json" in keys and "roundtrip/data_prepared.yaml" in keys
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    for key in [k for k in keys if k.startswith("roundtrip/tokenizer/")]:
+        dest = tmp_path / "fetched" / key
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        s3.download_file("bucket", key, str(dest))
+    from transformers import AutoTokenizer
+
+    from mdlm.data.tokenizer import tokenizer_fingerprint
+
+    fetched = AutoTokenizer.from_pretrained(str(tmp_path / "fetched" / "roundtrip" / "tokenizer"))
+    assert tokenizer_fingerprint(fetched) == tokenizer_fingerprint(dm.tokenizer)
+    import yaml
+
+    overlay = yaml.safe_load(s3.get_object(Bucket="bucket", Key="roundtrip/data_prepared.yaml")["Body"].read())
+    assert overlay["data"]["init_args"]["prepared"] == out
+    assert overlay["data"]["init_args"]["storage_options"] == opts
     local = prepare(dm, str(tmp_path / "local"), num_workers=2, shard_chars=1500)  # the same bytes, locally
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--train", out["train"], "--val", out["val"], "--tokenizer", corpus["tok"],
