@@ -5,8 +5,12 @@ Used by ``tests/test_prepare.py`` (never collected by pytest):
 * ``--devices 2``: two CPU DDP ranks (gloo); Lightning re-executes this script for rank 1. Each rank
   writes ``<out>/rank<R>.json`` with the block index and tokens of every train/val block it saw.
 * ``--kill-after-step K --ckpt-every C``: checkpoints every C steps, then SIGKILLs itself after step
-  K (a crash, not a clean stop); ``<out>/steps.jsonl`` holds the ids of every finished step.
+  K (a crash, not a clean stop; every rank kills itself); ``<out>/steps<R>.jsonl`` holds the step, ids
+  and loss of every step of rank R.
 * ``--resume CKPT``: resumes from a checkpoint.
+* ``--lr``: the SGD learning rate (default 0: the weight stays 1). With ``lr > 0`` the loss
+  ``weight * mean(tokens)`` depends on every earlier step, so a resume that did not restore the weight
+  (or the optimizer) shows in the losses.
 
 The functions are importable too (``run``), so the tests run the single-process references in-process.
 """
@@ -33,16 +37,17 @@ def build(args: argparse.Namespace) -> tuple[Any, Any]:
     class Recorder(LightningModule):
         def __init__(self) -> None:
             super().__init__()
-            self.weight = torch.nn.Parameter(torch.zeros(1))
+            self.weight = torch.nn.Parameter(torch.ones(1))
             self.seen: dict[str, list] = {"train": [], "val": []}
 
         def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
             assert batch["input_ids"].dtype == torch.long
             ids = batch["index"].tolist()
             self.seen["train"].append([[i, row] for i, row in zip(ids, batch["input_ids"].tolist())])
+            loss = (self.weight * batch["input_ids"].float().mean()).sum()
             with open(out / f"steps{self.global_rank}.jsonl", "a") as f:
-                f.write(json.dumps({"step": self.global_step, "ids": ids}) + "\n")
-            return (self.weight * batch["input_ids"].float().mean()).sum()
+                f.write(json.dumps({"step": self.global_step, "ids": ids, "loss": loss.item()}) + "\n")
+            return loss
 
         def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
             if args.kill_after_step and self.global_step >= args.kill_after_step:
@@ -58,7 +63,7 @@ def build(args: argparse.Namespace) -> tuple[Any, Any]:
             (out / f"rank{self.global_rank}.json").write_text(json.dumps(payload))
 
         def configure_optimizers(self) -> torch.optim.Optimizer:
-            return torch.optim.SGD(self.parameters(), lr=0.0)
+            return torch.optim.SGD(self.parameters(), lr=args.lr, momentum=0.9 if args.lr else 0.0)
 
     prepared = {"train": args.train}
     if args.val:
@@ -94,6 +99,7 @@ def run(argv: list[str] | None = None) -> Any:
     parser.add_argument("--ckpt-every", type=int, default=0)
     parser.add_argument("--kill-after-step", type=int, default=0)
     parser.add_argument("--resume", default=None)
+    parser.add_argument("--lr", type=float, default=0.0)
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     from lightning.pytorch import Trainer

@@ -44,6 +44,10 @@ _STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",
 class SFTDataModule(MDLMDataModule):
     r"""SFT data (GSM8K, MATH, MATH-500 or chat messages) for masked diffusion; see :mod:`mdlm.data.sft`.
 
+    The arguments are flat on purpose (one ``--data.init_args.<name>`` each, as Lightning's and litgpt's
+    data modules; the subclasses forward ``**kwargs``); docs/sft.md lists them in four groups: source,
+    tokenizer, format, loading.
+
     Args:
         tokenizer: a local tokenizer folder or a Hugging Face Hub name; it and its mask id are
             settled by :func:`mdlm.data.tokenizer.resolve_tokenizer` (no ``[PAD]``: padding is EOS).
