@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import time
@@ -83,6 +84,29 @@ def report(samplers: list[str], seeds: list[int]) -> dict[str, Any]:
     return rows
 
 
+def sign_test_p(wins: int, losses: int) -> float:
+    """Exact two-sided sign test: P(a split at least this uneven | each non-tied seed is a fair coin)."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    k = min(wins, losses)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def paired(a: str, b: str, seeds: list[int]) -> dict[str, Any] | None:
+    """Accuracy of sampler ``a`` minus ``b`` on the seeds both have: mean ± s.e., wins/ties/losses, sign test."""
+    common = [s for s in seeds if run_file(a, s).is_file() and run_file(b, s).is_file()]
+    if not common:
+        return None
+    acc = {name: [json.loads(run_file(name, s).read_text())["test"]["accuracy"] for s in common] for name in (a, b)}
+    diffs = [x - y for x, y in zip(acc[a], acc[b])]
+    mean, se = mean_se(diffs)
+    wins, losses = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
+    return {"a": a, "b": b, "seeds": common, "differences": [round(d, 4) for d in diffs], "mean": mean, "se": se,
+            "wins": wins, "ties": len(diffs) - wins - losses, "losses": losses, "sign_test_p": sign_test_p(wins, losses)}
+
+
 def markdown(data: dict[str, Any]) -> str:
     body = []
     for sampler, r in data["rows"].items():
@@ -97,7 +121,15 @@ def markdown(data: dict[str, Any]) -> str:
         "",
         markdown_table(head, body),
         "",
+        *([_paired_line(data["paired"]), ""] if data.get("paired") else []),
     ])
+
+
+def _paired_line(d: dict[str, Any]) -> str:
+    return (f"Paired by seed ({d['a']} − {d['b']}, seeds {', '.join(map(str, d['seeds']))}): "
+            f"{', '.join(f'{x:+.3f}' for x in d['differences'])}; mean {d['mean']:+.3f} ± {d['se']:.3f}; "
+            f"{d['a']} higher on {d['wins']}, tied on {d['ties']}, lower on {d['losses']} "
+            f"(exact two-sided sign test p = {d['sign_test_p']:.3g}).")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -115,6 +147,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             list(pool.map(lambda job: train_and_test(*job), jobs))
     data = {"experiment": "arithmetic_window", "config": "configs/sft_arithmetic.yaml",
             "rows": report(args.samplers, args.seeds), "wall_time_s": round(time.perf_counter() - t0, 1)}
+    if "window_0.5_1" in args.samplers and "uniform_0_1" in args.samplers:
+        data["paired"] = paired("window_0.5_1", "uniform_0_1", args.seeds)
     write_results(Path(args.out), data, markdown)
     return data
 
