@@ -146,6 +146,19 @@ def mean_se(values: Sequence[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
 
 
+def sign_test_p(wins: int, losses: int) -> float:
+    """Exact two-sided sign test: ``min(1, 2 P[X <= min(wins, losses)])`` for ``X ~ Binomial(wins + losses, 1/2)``.
+
+    Ties are left out. On paired right/wrong answers (wins = pairs only the first gets right, losses =
+    only the second) it is McNemar's exact test.
+    """
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(wins, losses) + 1)) / 2**n
+    return min(1.0, 2.0 * tail)
+
+
 def wilson_interval(k: int, n: int, z: float = 1.96) -> list[float]:
     """Wilson score interval of a proportion ``k / n`` (95 % for z = 1.96), rounded to 4 digits; NaNs for n = 0."""
     if n == 0:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,15 @@ if not __package__:
 import torch
 import yaml
 
-from benchmarks._common import RESULTS, LoadSampler, machine_record, markdown_table, wilson_interval, write_results
+from benchmarks._common import (
+    RESULTS,
+    LoadSampler,
+    machine_record,
+    markdown_table,
+    sign_test_p,
+    wilson_interval,
+    write_results,
+)
 from mdlm.answers import extract_answer, is_correct
 from mdlm.generation import generate
 
@@ -54,16 +61,9 @@ SETTINGS: dict[str, tuple[int, dict[str, Any]]] = {
 
 
 def mcnemar_exact(b: int, c: int) -> float:
-    """Two-sided exact McNemar p-value: ``min(1, 2 P[X <= min(b, c)])`` for ``X ~ Binomial(b + c, 1/2)``.
-
-    ``b`` = pairs the reference answers correctly and the setting not, ``c`` = the reverse.
-    """
-    n = b + c
-    if n == 0:
-        return 1.0
-    k = min(b, c)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
-    return min(1.0, 2.0 * tail)
+    """Two-sided exact McNemar p-value: the sign test (:func:`benchmarks._common.sign_test_p`) on the
+    discordant pairs, ``b`` = pairs the reference answers correctly and the setting not, ``c`` = the reverse."""
+    return sign_test_p(b, c)
 
 
 def has_carry(prompt: str) -> bool:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import subprocess
 import sys
 import time
@@ -30,7 +29,7 @@ from typing import Any
 if not __package__:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import REPO, RESULTS, markdown_table, mean_se, write_results
+from benchmarks._common import REPO, RESULTS, markdown_table, mean_se, sign_test_p, write_results
 
 #: sampler name -> the CLI arguments that select it (the config's own sampler is the [0.5, 1] window)
 SAMPLERS: dict[str, list[str]] = {
@@ -82,16 +81,6 @@ def report(samplers: list[str], seeds: list[int]) -> dict[str, Any]:
             "paper": PAPER.get(sampler),
         }
     return rows
-
-
-def sign_test_p(wins: int, losses: int) -> float:
-    """Exact two-sided sign test: P(a split at least this uneven | each non-tied seed is a fair coin)."""
-    n = wins + losses
-    if n == 0:
-        return 1.0
-    k = min(wins, losses)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
-    return min(1.0, 2 * tail)
 
 
 def paired(a: str, b: str, seeds: list[int]) -> dict[str, Any] | None:
