@@ -25,7 +25,8 @@ unless named ``_elbo``; N = the training-set size):
 ==================  ===================================================================
 
 Results: ``benchmarks/results/parity_contrast/<run>_seed<s>.json`` (one per run; existing ones are not
-rerun, so the experiment grows across sessions) and ``benchmarks/results/parity_contrast.{json,md}``.
+rerun, so the experiment grows across sessions) and ``benchmarks/results/parity_contrast/summary.{json,md}``
+(not ``benchmarks/results/parity_contrast.json``: ``parity*.json`` there are ``parity_grokking.py``'s).
 """
 
 from __future__ import annotations
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--max-minutes", type=float, default=None, help="wall-clock cap per run (then censored)")
     p.add_argument("--budget", action="store_true", help="print the budget table and exit")
     p.add_argument("--report-only", action="store_true")
-    p.add_argument("--out", default=str(RESULTS / "parity_contrast.json"))
+    p.add_argument("--out", default=str(OUT_DIR / "summary.json"))
     args = p.parse_args(argv)
     if args.budget:
         print(json.dumps(budget(), indent=1))
