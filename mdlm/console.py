@@ -96,7 +96,7 @@ def run_summary(log_dir: str | None, stage: str, extra: list[str] | None = None)
     return f"mdlm {stage}: results in {shown_dir}/ — {', '.join(found) if found else 'TensorBoard events'}"
 
 
-def busy_cores_now(interval_s: float = 0.3) -> float | None:
+def busy_cores_now(interval_s: float = 0.1) -> float | None:
     """Cores busy right now: ``cpu_count × (1 − idle share)`` of the machine's CPU time over ``interval_s``.
 
     Read from ``/proc/stat`` (idle = ``idle + iowait`` jiffies); ``None`` where it cannot be read. This
@@ -124,7 +124,7 @@ def default_num_threads(processes_on_node: int) -> int:
 
     Available cores = the cores this process may use (its affinity) minus the busy cores, rounded (at
     least 1): on a shared machine a thread per busy core only adds contention (measured in
-    docs/performance.md). Busy cores = min(1-minute load average, cores busy over the last 0.3 s): the
+    docs/performance.md). Busy cores = min(1-minute load average, cores busy over the last 0.1 s): the
     load average alone still counts a job that has just ended (the quick start's own ``pip install``
     leaves it near 1 for a minute, which halved the quick start's speed on 2 cores), the instant
     sample alone is fooled by a short burst. ``MDLM_NUM_THREADS`` or ``OMP_NUM_THREADS`` overrides it (see

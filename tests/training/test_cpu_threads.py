@@ -30,7 +30,7 @@ def two_cores(monkeypatch):
 )
 def test_default_num_threads(monkeypatch, two_cores, loadavg, now, processes, expected):
     monkeypatch.setattr(os, "getloadavg", lambda: (loadavg, loadavg, loadavg))
-    monkeypatch.setattr(console, "busy_cores_now", lambda interval_s=0.3: now)
+    monkeypatch.setattr(console, "busy_cores_now", lambda interval_s=0.1: now)
     assert console.default_num_threads(processes) == expected
 
 
