@@ -10,7 +10,7 @@ heavy-tailed, so the report lists them per seed (a survival table), not as means
 
     python experiments/parity_contrast.py --budget                       # the budget table, nothing run
     python experiments/parity_contrast.py --runs md_opt ce --seeds 0 --parallel 2 --max-minutes 70
-    python experiments/parity_contrast.py --report-only
+    python experiments/parity_contrast.py --report-only --docs docs/parity.md   # table into docs/parity.md
 
 Runs (all (20, 6), weight decay 0.1, 2-layer width-128 model, batch 256, lr 1e-3, ``loss_weight: none``
 unless named ``_elbo``; N = the training-set size):
@@ -45,6 +45,7 @@ if not __package__:
 from benchmarks._common import RESULTS, machine_record, markdown_table, write_results
 from benchmarks.parity_grokking import run_one
 from benchmarks.parity_report import summarize
+from mdlm.results import replace_readme_section
 
 #: the paper's setting; the sampler's k follows the data's
 PAPER_NK = ["--data.init_args.n=20", "--data.init_args.k=6"]
@@ -80,6 +81,8 @@ PAPER = {
     "ce": "100 % train by ≈ 0.8k steps; val 50 % until ≈ 237k steps",
 }
 OUT_DIR = RESULTS / "parity_contrast"
+#: markers of the generated table in docs/parity.md
+START, END = "<!-- parity-contrast:start -->", "<!-- parity-contrast:end -->"
 MAX_STEPS = 12000
 #: one (20, 6) step of this model at batch 256, fp32, one thread, quiet machine (issue 14's measurement)
 S_PER_STEP_PLANNED = 0.19
@@ -166,6 +169,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--budget", action="store_true", help="print the budget table and exit")
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--out", default=str(OUT_DIR / "summary.json"))
+    p.add_argument("--docs", default=None, help="rewrite the generated table in this markdown file (docs/parity.md)")
     args = p.parse_args(argv)
     if args.budget:
         print(json.dumps(budget(), indent=1))
@@ -177,6 +181,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data = report()
     out = Path(args.out)
     write_results(out, data, markdown, out.with_suffix(".md"))
+    if args.docs:
+        replace_readme_section(args.docs, START, END, markdown(data).strip())
     return data
 
 

@@ -68,3 +68,14 @@ def test_readme_performance_tables_match_the_json(script, marker):
     readme = (REPO / "docs" / "performance.md").read_text()
     section = readme.split(f"<!-- {marker}:start -->", 1)[1].split(f"<!-- {marker}:end -->", 1)[0].strip()
     assert section == module.markdown(results).strip()
+
+
+def test_docs_parity_contrast_table_matches_the_run_files():
+    from experiments import parity_contrast
+
+    runs = sorted(parity_contrast.OUT_DIR.glob("*_seed*.json"))
+    section = marked_section((REPO / "docs" / "parity.md").read_text(), parity_contrast.START, parity_contrast.END)
+    if section is None:
+        assert not runs, "parity contrast results exist but docs/parity.md has no contrast table"
+        pytest.skip("no parity contrast results shipped yet")
+    assert section == parity_contrast.markdown(parity_contrast.report()).strip()
