@@ -23,7 +23,11 @@ def test_every_run_parses_to_its_setting(name, capsys):
     data, model, sampler = cfg["data"]["init_args"], cfg["model"]["init_args"], cfg["sampler"]
     assert (data["n"], data["k"]) == (20, 6)
     assert data["num_train"] == (5000 if name.endswith("N5000") else 2000)
-    assert cfg["trainer"]["max_steps"] == pc.MAX_STEPS and cfg["trainer"]["max_time"] == "00:01:10:00"
+    assert cfg["trainer"]["max_steps"] == (pc.PROBE_STEPS if name in pc.PROBE else pc.MAX_STEPS)
+    assert cfg["trainer"]["max_time"] == "00:01:10:00"
+    backbone = model["backbone"]["init_args"]
+    assert (backbone["n_layer"] or 2, backbone["d_model"] or 128, model["lr"]) == (  # None: the tiny preset
+        4 if name == "md_opt_L4" else 2, 256 if name == "md_opt_w256" else 128, 3e-3 if name == "md_opt_lr3e-3" else 1e-3)
     assert model["objective"] == ("output_supervision" if name.startswith("ce") else "masked_diffusion")
     assert model["loss_weight"] == ("elbo" if name.endswith("_elbo") else "none")
     if name.startswith("md_w"):
@@ -56,5 +60,17 @@ def test_report_marks_censored_runs(tmp_path, monkeypatch):
 
 def test_budget_is_runs_times_steps_times_seconds():
     b = pc.budget(s_per_step=0.2)
-    seeds = sum(len(s) for s in pc.PLAN.values())
-    assert b["total_core_hours"] == pytest.approx(seeds * pc.MAX_STEPS * 0.2 / 3600, abs=0.1)
+    steps = sum(len(s) * (8000 if n in pc.PROBE else 12000) * {"md_opt_L4": 1.9, "md_opt_w256": 2.9}.get(n, 1)
+                for n, s in pc.PLAN.items())
+    assert b["total_core_hours"] == pytest.approx(steps * 0.2 / 3600, abs=0.1)
+
+
+def test_budget_reports_core_hours_spent_per_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(pc, "OUT_DIR", tmp_path)
+    for seed, wall in ((0, 1800.0), (1, 3600.0)):
+        run = {"name": "md_opt", "seed": seed, "overrides": [], "threads": 1, "process_wall_time_s": wall,
+               "history": _history([250], [0.5], [0.5])}
+        (tmp_path / f"md_opt_seed{seed}.json").write_text(json.dumps(run))
+    rows = {r["run"]: r for r in pc.report()["budget"]["rows"]}
+    assert (rows["md_opt"]["seeds_run"], rows["md_opt"]["spent_core_hours"]) == (2, 1.5)
+    assert (rows["ce"]["seeds_run"], rows["ce"]["spent_core_hours"]) == (0, 0.0)
