@@ -336,7 +336,7 @@ def probe_checkpoint(path: Path, k: int, seed: int, repeats: int, half: int = 12
     precond = None
     if v_hat is not None:
         precond = 1.0 / (flat([v_hat[n] for n in names]).sqrt() + CONFIG["adam_eps"])
-    gen = torch.Generator().manual_seed(probe_seed + 7919 * meta["step"] + 104729 * k)
+    gen = torch.Generator().manual_seed(probe_seed + 7919 * meta["step"] + 104729 * k + 1299709 * seed)
     out: dict[str, list[list[float]]] = {s: [] for s in (*SIGNALS, *CONTEXT)}
     if precond is None:
         out.pop("coherence_adam")
@@ -411,7 +411,7 @@ def probe_rule_alignment(path: Path, k: int, seed: int, repeats: int, half: int 
     dm = make_data(k, seed)
     train_ids = dm.train_set.tokens
     relevant = [*dm.secret, train_ids.shape[1] - 1]
-    gen = torch.Generator().manual_seed(probe_seed + 7919 * meta["step"] + 104729 * k)
+    gen = torch.Generator().manual_seed(probe_seed + 7919 * meta["step"] + 104729 * k + 1299709 * seed)
     perm = torch.randperm(len(train_ids), generator=gen)
     g_a = rule_direction(backbone, train_ids[perm[: len(perm) // 2]], relevant, gen)
     g_b = rule_direction(backbone, train_ids[perm[len(perm) // 2:]], relevant, gen)
@@ -524,16 +524,22 @@ def plateau_checkpoints(record: dict[str, Any], max_acc: float, count: int) -> l
     return [plateau[i] for i in idx]
 
 
+def probe_key(meta: dict[str, Any]) -> tuple[int, str, int, int]:
+    """(k, sampler, seed, step): one probed checkpoint (results of earlier versions lack the seed: 0)."""
+    return meta["k"], meta["sampler"], meta.get("seed", 0), meta["step"]
+
+
 def cmd_probe(args) -> None:
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() and args.append else {"probes": []}
-    done = {(p["meta"]["k"], p["meta"]["sampler"], p["meta"]["step"]) for p in results["probes"]}
+    done = {probe_key(p["meta"]) for p in results["probes"]}
     t0, c0 = time.perf_counter(), time.process_time()
     for run_dir in sorted(RUNS.glob("k*_seed*")):
         record = json.loads((run_dir / "train.json").read_text())
-        if args.k and record["k"] not in args.k:
+        if (args.k and record["k"] not in args.k) or (args.seeds is not None and record["seed"] not in args.seeds) \
+                or (args.sampler and record["sampler"] != args.sampler):
             continue
         for c in plateau_checkpoints(record, args.max_acc, args.count):
-            key = (record["k"], record["sampler"], c["step"])
+            key = (record["k"], record["sampler"], record["seed"], c["step"])
             if key in done:
                 continue
             t1 = time.perf_counter()
@@ -552,11 +558,14 @@ def cmd_probe(args) -> None:
 
 def cmd_rule(args) -> None:
     results = json.loads(RESULTS.read_text())
-    results["rule_probes"] = []
+    results.setdefault("rule_probes", [])
+    done = {probe_key(p["meta"]) for p in results["rule_probes"]}
     t0 = time.perf_counter()
     for run_dir in sorted(RUNS.glob("k*_window_seed*")):
         record = json.loads((run_dir / "train.json").read_text())
         for c in plateau_checkpoints(record, args.max_acc, args.count):
+            if (record["k"], "window", record["seed"], c["step"]) in done:
+                continue
             t1 = time.perf_counter()
             res = probe_rule_alignment(REPO / c["path"], record["k"], record["seed"], args.repeats)
             res["wall_s"] = round(time.perf_counter() - t1, 1)
@@ -572,9 +581,9 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
     averaged over checkpoints: "averaged across steps") and per checkpoint."""
     out: dict[str, Any] = {}
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
-    rule = {(p["meta"]["k"], p["meta"]["step"]): p for p in results.get("rule_probes", [])}
+    rule = {probe_key(p["meta"]): p for p in results.get("rule_probes", [])}
     for p in results["probes"]:
-        extra = rule.get((p["meta"]["k"], p["meta"]["step"])) if p["meta"]["sampler"] == "window" else None
+        extra = rule.get(probe_key(p["meta"])) if p["meta"]["sampler"] == "window" else None
         if extra is not None:
             p = {**p, "values": {**p["values"], **extra["values"]}, "rule_self_cosine": extra["rule_self_cosine"]}
         if "snr_head" in p["values"]:
@@ -582,10 +591,11 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
             mean_t = [sum(bin_bounds(j)) / 2 for j in range(NUM_BINS)]
             per_token = [[v / (mt * seq_len) for v, mt in zip(row, mean_t)] for row in p["values"]["snr_head"]]
             p = {**p, "values": {**p["values"], "snr_head_per_token": per_token}}
-        groups.setdefault((p["meta"]["sampler"], p["meta"]["k"]), []).append(p)
-    for (sampler, k), probes in sorted(groups.items()):
+        groups.setdefault((p["meta"]["sampler"], p["meta"]["k"], p["meta"].get("seed", 0)), []).append(p)
+    for (sampler, k, seed), probes in sorted(groups.items()):
         probes = sorted(probes, key=lambda p: p["meta"]["step"])
         entry: dict[str, Any] = {
+            "sampler": sampler, "k": k, "seed": seed, "repeats": min(len(next(iter(p["values"].values()))) for p in probes),
             "steps": [p["meta"]["step"] for p in probes],
             "val_acc": [p["meta"].get("val_label_acc") for p in probes],
             "p_signal": [round(x, 4) for x in p_signal_bins(k)],
@@ -604,24 +614,62 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
                                                            "excess_over_mean_heldout", "excludes_uniform")}}
                 for p in probes
             ]
-        out[f"{sampler}_k{k}"] = entry
+        out[run_key(sampler, k, seed)] = entry
     return out
+
+
+def run_key(sampler: str, k: int, seed: int) -> str:
+    """``window_k3`` for seed 0 (the first session's keys), ``window_k3_seed1`` for the others."""
+    return f"{sampler}_k{k}" + (f"_seed{seed}" if seed else "")
+
+
+def across_seeds(summary: dict[str, Any], signals=(*SIGNALS, *DERIVED)) -> list[dict[str, Any]]:
+    """Per (sampler, k, signal): each seed's selected top bin, whether it excluded uniform, and GO —
+    the replication the single-seed table could not give."""
+    rows = []
+    for sampler, k in sorted({(e["sampler"], e["k"]) for e in summary.values()}):
+        entries = sorted((e for e in summary.values() if (e["sampler"], e["k"]) == (sampler, k)), key=lambda e: e["seed"])
+        for sig in signals:
+            per = [(e["seed"], e["pooled"][sig]) for e in entries if sig in e["pooled"]]
+            if not per:
+                continue
+            rows.append({"sampler": sampler, "k": k, "signal": sig, "target": round(1 / (k + 1), 3),
+                         "seeds": [s for s, _ in per], "repeats": [e["repeats"] for e in entries if sig in e["pooled"]],
+                         "top_bin_centre": [d["top_bin_centre"] for _, d in per],
+                         "excludes_uniform": [bool(d["excludes_uniform"]) for _, d in per],
+                         "go": [bool(d["go"]) for _, d in per]})
+    return rows
+
+
+def across_seeds_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| run | k (target 1/(k+1)) | signal | seeds | draws per checkpoint | top bin per seed "
+             "(* = excludes uniform) | GO |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        tops = ", ".join(f"{c:.2f}{'*' if x else ''}" for c, x in zip(r["top_bin_centre"], r["excludes_uniform"]))
+        lines.append(f"| {r['sampler']} | {r['k']} ({r['target']:.2f}) | {r['signal']} | "
+                     f"{', '.join(map(str, r['seeds']))} | {', '.join(map(str, r['repeats']))} | {tops} | "
+                     f"{sum(r['go'])} of {len(r['go'])} |")
+    return "\n".join(lines)
 
 
 def cmd_report(args) -> None:
     results = json.loads(RESULTS.read_text())
-    results["runs"] = []
+    # runs/ is not versioned: a run whose folder is gone keeps the record an earlier report saved
+    runs = {(r["k"], r["sampler"], r["seed"]): r for r in results.get("runs", [])}
     for run_dir in sorted(RUNS.glob("k*_seed*")):
         rec = json.loads((run_dir / "train.json").read_text())
         rec["checkpoints"] = [{k: v for k, v in c.items() if k != "path"} for c in rec["checkpoints"]]
-        results["runs"].append(rec)
+        runs[(rec["k"], rec["sampler"], rec["seed"])] = rec
+    results["runs"] = [runs[key] for key in sorted(runs)]
     for p in (*results["probes"], *results.get("rule_probes", [])):  # 4 significant digits keep the file small
         p["values"] = {name: [[float(f"{x:.4g}") for x in row] for row in rows] for name, rows in p["values"].items()}
     results["summary"] = summarise(results)
+    results["across_seeds"] = across_seeds(results["summary"])
     results["settings"] = {"config": CONFIG, "num_bins": NUM_BINS, "eps": EPS, "tol": TOL,
                            "signals": list(SIGNALS), "decision": decide.__doc__.strip()}
     RESULTS.write_text(json.dumps(results, indent=None, separators=(",", ":")))
     print(markdown(results["summary"]))
+    print("\n" + across_seeds_markdown(results["across_seeds"]))
 
 
 def markdown(summary: dict[str, Any], signals=(*SIGNALS, *DERIVED, *CONTEXT, *ORACLE)) -> str:
@@ -662,6 +710,8 @@ def main(argv: list[str] | None = None) -> None:
     pr.add_argument("--max-acc", type=float, default=0.6, help="plateau: val accuracy <= this")
     pr.add_argument("--count", type=int, default=4, help="plateau checkpoints per run")
     pr.add_argument("--append", action="store_true", help="keep probes already in the results file")
+    pr.add_argument("--seeds", type=int, nargs="*", default=None, help="only runs with these seeds")
+    pr.add_argument("--sampler", choices=("window", "uniform"), default=None, help="only runs with this sampler")
     ru_ = sub.add_parser("rule")
     ru_.add_argument("--repeats", type=int, default=20)
     ru_.add_argument("--max-acc", type=float, default=0.6)
