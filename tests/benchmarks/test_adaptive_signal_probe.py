@@ -173,3 +173,26 @@ def test_rule_masks_regimes():
         assert (masked[:, relevant].sum(1) == count).all()
         assert target[:, [0, 2, 3, 5, 6, 7]].sum() == 0
         assert (noisy[~masked] == ids[~masked]).all()
+
+
+def test_summary_keeps_seeds_apart_and_counts_go_per_seed():
+    """Two seeds of one (sampler, k): a peaked signal in seed 0 and a flat one in seed 1 must give two
+    decisions (GO and no), not one pooled over both runs."""
+    g = torch.Generator().manual_seed(1)
+
+    def probe(seed: int, step: int, peak: float) -> dict:
+        values = 0.01 * torch.randn(30, 10, generator=g, dtype=torch.float64)
+        values[:, 3] += peak  # bin [0.3, 0.4]: within 0.1 of 1/3 for k = 2
+        return {"meta": {"k": 2, "sampler": "window", "seed": seed, "step": step, "val_label_acc": 0.5},
+                "values": {"coherence_full": values.tolist()}}
+
+    results = {"probes": [probe(0, 50, 0.05), probe(0, 100, 0.05), probe(1, 50, 0.0), probe(1, 100, 0.0)]}
+    summary = asp.summarise(results)
+    assert sorted(summary) == ["window_k2", "window_k2_seed1"]  # seed 0 keeps the first session's key
+    assert summary["window_k2"]["pooled"]["coherence_full"]["go"]
+    assert not summary["window_k2_seed1"]["pooled"]["coherence_full"]["go"]
+    (row,) = asp.across_seeds(summary)
+    assert (row["seeds"], row["go"], row["repeats"]) == ([0, 1], [True, False], [30, 30])
+    assert row["top_bin_centre"][0] == pytest.approx(0.35)
+    assert "| window | 2 (0.33) | coherence_full | 0, 1 | 30, 30 | 0.35*, " in asp.across_seeds_markdown([row])
+    assert asp.probe_key({"k": 3, "sampler": "uniform", "step": 100}) == (3, "uniform", 0, 100)  # old files: seed 0
