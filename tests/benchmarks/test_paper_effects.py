@@ -1,0 +1,60 @@
+"""experiments/paper_effects.py: the README's effects table is generated from the result files, and the
+verdict rules and intervals agree with computations written out here."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from conftest import REPO_ROOT as REPO
+from conftest import marked_section
+
+from experiments import paper_effects as pe
+
+
+def test_readme_effects_table_matches_the_result_files():
+    assert marked_section((REPO / "README.md").read_text(), pe.START, pe.END) == pe.markdown(pe.collect()).strip()
+
+
+def test_t_interval_by_hand():
+    mean, lo, hi = pe.t_interval([1.0, 2.0, 3.0])
+    half = 4.302653 * 1.0 / math.sqrt(3)  # t_{0.975, 2} · s / sqrt(n), s = 1
+    assert (mean, lo, hi) == pytest.approx((2.0, 2.0 - half, 2.0 + half), rel=1e-6)
+    assert math.isnan(pe.t_interval([1.0])[1])
+
+
+def test_paired_verdict_needs_the_interval_on_the_papers_side():
+    assert pe.verdict_paired(0.1, 0.5) == "direction only"
+    assert pe.verdict_paired(-0.1, 0.5) == "not reproduced at this scale"
+    assert pe.verdict_paired(-0.5, -0.1, better_is_positive=False) == "direction only"  # a loss: lower is better
+    assert pe.verdict_paired(-0.5, 0.1, better_is_positive=False) == "not reproduced at this scale"
+    assert pe.verdict_paired(float("nan"), float("nan")) == "not reproduced at this scale"
+
+
+def test_parity_verdict():
+    assert pe.verdict_parity([6000, 7000, 9000], True, 6400, paper_scale=True) == "reproduced"
+    assert pe.verdict_parity([6000, 20000, 30000], True, 6400, paper_scale=True) == "direction only"  # median 20k > 2x
+    assert pe.verdict_parity([900, 500], True, 6400, paper_scale=False) == "direction only"
+    assert pe.verdict_parity([900, None], True, 6400, paper_scale=False) == "not reproduced at this scale"
+    assert pe.verdict_parity([900, 500], False, 6400, paper_scale=False) == "not reproduced at this scale"
+    assert pe.verdict_parity([], True, 6400, paper_scale=True) == "not reproduced at this scale"
+
+
+def test_u_curve_pairs_each_bin_with_uniform_of_the_same_seed(tmp_path):
+    """Five seeds whose seed effect (+0.5 per seed) would swamp unpaired bins: bin 4 is 0.05 better than
+    U[0, 1] in every seed, bin 0 0.05 worse, the rest equal to it up to ±0.01."""
+    runs = []
+    for seed in range(5):
+        base = 6.0 + 0.5 * seed
+        runs.append({"name": "uniform", "seed": seed, "final": {"val/nelbo": base}})
+        for j in range(10):
+            delta = {4: -0.05, 0: 0.05}.get(j, 0.01 * (-1) ** (seed + j))
+            runs.append({"name": f"bin{j}", "seed": seed, "final": {"val/nelbo": base + delta}})
+    path = tmp_path / "ablation.json"
+    path.write_text(json.dumps({"runs": runs}))
+    row = pe.u_curve(path)
+    assert row["per_bin"]["bin4"][0] == pytest.approx(-0.05) and row["per_bin"]["bin4"][2] < 0
+    assert row["per_bin"]["bin0"][1] > 0
+    assert "best bin [0.4, 0.5]" in row["here"] and "better than U[0, 1]: 1, worse: 1 of 10" in row["here"]
+    assert row["verdict"] == "direction only" and row["seeds"] == [0, 1, 2, 3, 4]
