@@ -88,7 +88,9 @@ def plot(results: dict, png: Path) -> None:
         for run in (r for r in results["runs"] if r["name"] == name):
             hist = [h for h in run["history"] if "val/label_acc" in h]
             steps = [h["step"] for h in hist]
-            (line,) = ax.plot(steps, [h["val/label_acc"] for h in hist], label=f"val, seed {run['seed']}")
+            s = summarize(run)
+            reach = f"99 % at {s['steps_to_99']}" if s["steps_to_99"] is not None else f"no 99 % by {s['last_step']}"
+            (line,) = ax.plot(steps, [h["val/label_acc"] for h in hist], label=f"val, seed {run['seed']} ({reach})")
             ax.plot(steps, [h["train/label_acc"] for h in hist], "--", color=line.get_color(), label=f"train, seed {run['seed']}")
         wall = [run.get("run", {}).get("wall_time_s") or 0 for run in results["runs"] if run["name"] == name]
         ax.set_title(f"{name} (wall ≤ {max(wall):.0f} s)")

@@ -10,7 +10,8 @@ heavy-tailed, so the report lists them per seed (a survival table), not as means
 
     python experiments/parity_contrast.py --budget                       # the budget table, nothing run
     python experiments/parity_contrast.py --runs md_opt ce --seeds 0 --parallel 2 --max-minutes 70
-    python experiments/parity_contrast.py --report-only --docs docs/parity.md   # table into docs/parity.md
+    python experiments/parity_contrast.py --report-only --docs docs/parity.md \
+        --png benchmarks/results/parity_contrast/curves.png                    # table into docs/parity.md, figure
 
 Runs (all (20, 6), weight decay 0.1, 2-layer width-128 model, batch 256, lr 1e-3, ``loss_weight: none``
 unless named ``_elbo``; N = the training-set size):
@@ -44,7 +45,7 @@ if not __package__:
 
 from benchmarks._common import RESULTS, machine_record, markdown_table, write_results
 from benchmarks.parity_grokking import run_one
-from benchmarks.parity_report import summarize
+from benchmarks.parity_report import plot, summarize
 from mdlm.results import replace_readme_section
 
 #: the paper's setting; the sampler's k follows the data's
@@ -202,6 +203,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--out", default=str(OUT_DIR / "summary.json"))
     p.add_argument("--docs", default=None, help="rewrite the generated table in this markdown file (docs/parity.md)")
+    p.add_argument("--png", default=None, help="plot train and validation accuracy of every run (one panel per run name)")
     args = p.parse_args(argv)
     if args.budget:
         print(json.dumps(budget(), indent=1))
@@ -215,6 +217,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     write_results(out, data, markdown, out.with_suffix(".md"))
     if args.docs:
         replace_readme_section(args.docs, START, END, markdown(data).strip())
+    if args.png:
+        plot({"runs": [json.loads(p.read_text()) for p in sorted(OUT_DIR.glob("*_seed*.json"))]}, Path(args.png))
     return data
 
 
