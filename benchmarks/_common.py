@@ -146,6 +146,17 @@ def mean_se(values: Sequence[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
 
 
+def t_interval(diffs: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and Student-t interval of paired differences: mean ± t_{n-1} · s / sqrt(n) (NaN bounds for n < 2)."""
+    from scipy import stats
+
+    mean, se = mean_se(diffs)
+    if len(diffs) < 2:
+        return mean, float("nan"), float("nan")
+    half = float(stats.t.ppf(0.5 + level / 2, len(diffs) - 1)) * se
+    return mean, mean - half, mean + half
+
+
 def sign_test_p(wins: int, losses: int) -> float:
     """Exact two-sided sign test: ``min(1, 2 P[X <= min(wins, losses)])`` for ``X ~ Binomial(wins + losses, 1/2)``.
 

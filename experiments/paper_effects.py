@@ -24,14 +24,13 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 if not __package__:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import RESULTS, markdown_table, mean_se, write_results
+from benchmarks._common import RESULTS, markdown_table, t_interval, write_results
 from benchmarks.parity_report import summarize
 from mdlm.results import replace_readme_section
 
@@ -39,17 +38,6 @@ START, END = "<!-- paper-effects:start -->", "<!-- paper-effects:end -->"
 #: Huang & Mirzasoleiman (ICML 2026), Fig. 4: 50M model, test loss over t in [0, 1] after 6,000 steps (≈)
 PAPER_UCURVE = [4.756, 3.984, 3.792, 3.678, 3.615, 3.617, 3.793, 4.005, 4.065, 4.812]
 PAPER_UCURVE_UNIFORM = 3.880
-
-
-def t_interval(diffs: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
-    """Mean and Student-t interval of paired differences: mean ± t_{n-1} · s / sqrt(n)."""
-    from scipy import stats
-
-    mean, se = mean_se(diffs)
-    if len(diffs) < 2:
-        return mean, float("nan"), float("nan")
-    half = float(stats.t.ppf(0.5 + level / 2, len(diffs) - 1)) * se
-    return mean, mean - half, mean + half
 
 
 def verdict_paired(lo: float, hi: float, better_is_positive: bool = True) -> str:

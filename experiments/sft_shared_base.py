@@ -32,9 +32,8 @@ from typing import Any
 if not __package__:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import REPO, RESULTS, markdown_table, mean_se, sign_test_p, write_results
+from benchmarks._common import REPO, RESULTS, markdown_table, mean_se, sign_test_p, t_interval, write_results
 from experiments.arithmetic_window import PAPER, SAMPLERS
-from experiments.paper_effects import t_interval
 
 OUT_DIR = RESULTS / "sft_shared_base"
 BASE_RUN = "sft_shared_base/base"

@@ -79,3 +79,20 @@ def test_docs_parity_contrast_table_matches_the_run_files():
         assert not runs, "parity contrast results exist but docs/parity.md has no contrast table"
         pytest.skip("no parity contrast results shipped yet")
     assert section == parity_contrast.markdown(parity_contrast.report()).strip()
+
+
+def test_wikitext_ablation_pairs_bins_with_uniform_of_the_same_seed():
+    """A seed effect of 0.3 nats would hide a 0.02 bin effect unpaired; paired by seed it is resolved."""
+    runs = []
+    for seed in range(4):
+        runs.append({"name": "uniform", "seed": seed, "final": {"val/nelbo": 6.0 + 0.3 * seed}})
+        runs.append({"name": "bin4", "seed": seed, "final": {"val/nelbo": 5.98 + 0.3 * seed + 0.001 * seed}})
+        runs.append({"name": "bin0", "seed": seed, "final": {"val/nelbo": 6.0 + 0.3 * seed + 0.01 * (-1) ** seed}})
+    runs.append({"name": "bin9", "seed": 7, "final": {"val/nelbo": 7.0}})  # no U[0, 1] of seed 7: left out
+    p = wikitext_ablation.paired({"runs": runs})
+    diffs = [-0.02 + 0.001 * s for s in range(4)]
+    mean = sum(diffs) / 4
+    assert p["bin4"]["n"] == 4 and p["bin4"]["mean"] == pytest.approx(mean)
+    assert p["bin4"]["vs_uniform"] == "better" and p["bin0"]["vs_uniform"] == "not resolved"
+    assert "bin9" not in p
+    assert "| [0.4, 0.5] |" in wikitext_ablation.table({"runs": runs}) and ": better |" in wikitext_ablation.table({"runs": runs})
