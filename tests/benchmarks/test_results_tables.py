@@ -96,3 +96,16 @@ def test_wikitext_ablation_pairs_bins_with_uniform_of_the_same_seed():
     assert p["bin4"]["vs_uniform"] == "better" and p["bin0"]["vs_uniform"] == "not resolved"
     assert "bin9" not in p
     assert "| [0.4, 0.5] |" in wikitext_ablation.table({"runs": runs}) and ": better |" in wikitext_ablation.table({"runs": runs})
+
+
+def test_wikitext_ablation_preset_goes_after_the_config(monkeypatch, tmp_path):
+    seen = {}
+
+    def fake_fit(config, flags, workdir, run_name, threads):
+        seen.update(config=config, flags=flags)
+        return {"cmd": ["mdlm", "fit"], "returncode": 0, "wall_time_s": 1.0, "metrics": {"history": []}}
+
+    monkeypatch.setattr(wikitext_ablation, "fit_subprocess", fake_fit)
+    wikitext_ablation.run_one("bin4", ["--sampler.init_args.index=4"], 3, tmp_path, 1, [], "configs/presets/ucurve_small.yaml")
+    assert seen["config"] == wikitext_ablation.CONFIG
+    assert seen["flags"][:3] == ["--config", "configs/presets/ucurve_small.yaml", "--seed_everything=3"]
