@@ -80,7 +80,7 @@ def parity_20_6(folder: Path) -> dict[str, Any]:
         return f"{r['steps_to_99']:,}" if r["steps_to_99"] is not None else f"> {r['last_step']:,}"
 
     here = [f"MD U[ε, 0.246]: 99 % val at {', '.join(steps(r) for r in base) or '—'} steps "
-            f"(seeds {', '.join(str(r['seed']) for r in base)}; final val "
+            f"(seed{'s' if len(base) > 1 else ''} {', '.join(str(r['seed']) for r in base)}; final val "
             f"{', '.join(format(r['final_val'], '.3f') for r in base)})"]
     if others:
         here.append("other MD runs: " + "; ".join(f"{r['name']} {steps(r)}" for r in others))
