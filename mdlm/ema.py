@@ -217,6 +217,14 @@ class EMA(WeightAveraging):
                 pl_module, device=self._device, use_buffers=self._use_buffers, **self._kwargs
             )
 
+    def restart_from(self, pl_module: LightningModule) -> None:
+        """Rebuild the average from the module's current weights (the shadow made in ``setup`` copied the
+        weights of that moment; :class:`mdlm.init_weights.InitWeights` loads others after it)."""
+        if self._average_model is not None and not self._sharded:
+            self._average_model = FP32AveragedModel(
+                pl_module, device=self._device, use_buffers=self._use_buffers, **self._kwargs
+            )
+
     def _ensure_sharded(self, pl_module: LightningModule) -> ShardedEMA:
         if self._average_model is None:
             self._average_model = ShardedEMA(pl_module, self._kwargs["multi_avg_fn"])  # type: ignore[assignment]

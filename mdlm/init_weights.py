@@ -12,7 +12,8 @@ before the first step::
         - class_path: mdlm.init_weights.InitWeights
           init_args: {path: runs/base/version_0/checkpoints/last.ckpt}
 
-Resuming such a run with ``--ckpt_path`` works: Lightning restores the run's own checkpoint after
+An :class:`mdlm.ema.EMA` callback set up before this one restarts its average from the loaded
+weights. Resuming such a run with ``--ckpt_path`` works: Lightning restores the run's own checkpoint after
 ``setup``, so the resumed weights win. The backbone is loaded strictly: a missing, unexpected or
 differently shaped tensor (another model size, another tokenizer's vocabulary) is an error that names
 it. Models built on the meta device (FSDP ``init_device: meta``) get their weights from their own
@@ -62,6 +63,11 @@ class InitWeights(Callback):
         if not state:
             raise InitWeightsError(f"{self.path} has no '{PREFIX}*' weights: not an mdlm checkpoint")
         load_backbone_state(pl_module.backbone, state, self.path)
+        from mdlm.ema import EMA
+
+        for callback in getattr(trainer, "callbacks", None) or []:  # an EMA set up before us averaged the old weights
+            if isinstance(callback, EMA):
+                callback.restart_from(pl_module)
         self.loaded = {"path": self.path, "weights": ckpt.weights, "global_step": ckpt.global_step, "tensors": len(state)}
         rank_zero_info(f"InitWeights: {len(state)} backbone tensors ({ckpt.weights} weights, trained "
                        f"{ckpt.global_step} steps) from {self.path}")

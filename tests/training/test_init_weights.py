@@ -104,3 +104,22 @@ def test_cli_appends_it_to_a_configs_callbacks(capsys):
     assert callbacks[-1] == {"class_path": "mdlm.init_weights.InitWeights",
                              "init_args": {"path": "runs/base/last.ckpt", "weights": "auto"}}
     assert len(callbacks) == 3  # the config's MetricsHistory and EarlyStopping kept
+
+
+def test_an_ema_set_up_first_averages_the_loaded_weights(tmp_path):
+    """EMA listed before InitWeights builds its shadow from the old weights in its setup; the shadow must
+    restart from the loaded ones (validations before the first EMA update use it)."""
+    from mdlm.ema import EMA
+
+    _, base = _fit(tmp_path, "base", _model(0), max_steps=1)
+    model, ema, init = _model(1), EMA(decay=0.9, update_starting_at_step=100), InitWeights(str(base))
+    trainer = tiny_trainer(tmp_path / "t", max_steps=1, callbacks=[ema, init])
+
+    def shadow():
+        sd = ema._average_model.module.state_dict()
+        return {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+
+    ema.setup(trainer, model, "fit")  # Lightning calls the callbacks' setup in list order
+    assert not _equal(shadow(), _saved_backbone(base))
+    init.setup(trainer, model, "fit")
+    assert _equal(shadow(), _saved_backbone(base))
