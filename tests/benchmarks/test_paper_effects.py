@@ -58,3 +58,12 @@ def test_u_curve_pairs_each_bin_with_uniform_of_the_same_seed(tmp_path):
     assert row["per_bin"]["bin0"][1] > 0
     assert "best bin [0.4, 0.5]" in row["here"] and "better than U[0, 1]: 1, worse: 1 of 10" in row["here"]
     assert row["verdict"] == "direction only" and row["seeds"] == [0, 1, 2, 3, 4]
+
+
+def test_shared_base_row_reads_the_experiments_report(tmp_path):
+    data = {"base": {"accuracy": 0.05}, "rows": {"window_0.5_1": {"mean": 0.4}, "uniform_0_1": {"mean": 0.2}},
+            "paired": {"window_0.5_1": {"seeds": [0, 1, 2], "mean": 0.2, "ci95": [0.05, 0.35]}}}
+    path = tmp_path / "sft_shared_base.json"
+    path.write_text(json.dumps(data))
+    row = pe.sft_shared_base(path)
+    assert row["verdict"] == "direction only" and "(base 0.050)" in row["here"] and "n = 3 seeds" in row["here"]
