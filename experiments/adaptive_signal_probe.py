@@ -618,6 +618,10 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: markers of the generated across-seeds table in docs/adaptive_signal.md
+ACROSS_SEEDS_MARKERS = ("<!-- adaptive-across-seeds:start -->", "<!-- adaptive-across-seeds:end -->")
+
+
 def run_key(sampler: str, k: int, seed: int) -> str:
     """``window_k3`` for seed 0 (the first session's keys), ``window_k3_seed1`` for the others."""
     return f"{sampler}_k{k}" + (f"_seed{seed}" if seed else "")
@@ -670,6 +674,10 @@ def cmd_report(args) -> None:
     RESULTS.write_text(json.dumps(results, indent=None, separators=(",", ":")))
     print(markdown(results["summary"]))
     print("\n" + across_seeds_markdown(results["across_seeds"]))
+    if args.docs:
+        from mdlm.results import replace_readme_section
+
+        replace_readme_section(args.docs, *ACROSS_SEEDS_MARKERS, across_seeds_markdown(results["across_seeds"]))
 
 
 def markdown(summary: dict[str, Any], signals=(*SIGNALS, *DERIVED, *CONTEXT, *ORACLE)) -> str:
@@ -716,7 +724,8 @@ def main(argv: list[str] | None = None) -> None:
     ru_.add_argument("--repeats", type=int, default=20)
     ru_.add_argument("--max-acc", type=float, default=0.6)
     ru_.add_argument("--count", type=int, default=3)
-    sub.add_parser("report")
+    rep = sub.add_parser("report")
+    rep.add_argument("--docs", default=None, help="rewrite the across-seeds table in this page (docs/adaptive_signal.md)")
     args = parser.parse_args(argv)
     {"train": cmd_train, "probe": cmd_probe, "rule": cmd_rule, "report": cmd_report}[args.cmd](args)
     ru = resource.getrusage(resource.RUSAGE_SELF)

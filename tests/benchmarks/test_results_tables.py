@@ -109,3 +109,12 @@ def test_wikitext_ablation_preset_goes_after_the_config(monkeypatch, tmp_path):
     wikitext_ablation.run_one("bin4", ["--sampler.init_args.index=4"], 3, tmp_path, 1, [], "configs/presets/ucurve_small.yaml")
     assert seen["config"] == wikitext_ablation.CONFIG
     assert seen["flags"][:3] == ["--config", "configs/presets/ucurve_small.yaml", "--seed_everything=3"]
+
+
+def test_docs_adaptive_across_seeds_table_matches_the_json():
+    from experiments import adaptive_signal_probe as asp
+
+    data = json.loads((REPO / "benchmarks" / "results" / "adaptive_signal_probe.json").read_text())
+    section = marked_section((REPO / "docs" / "adaptive_signal.md").read_text(), *asp.ACROSS_SEEDS_MARKERS)
+    assert section == asp.across_seeds_markdown(data["across_seeds"])
+    assert data["across_seeds"] == asp.across_seeds(asp.summarise(data))  # the stored table is the probes' decision
