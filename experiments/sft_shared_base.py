@@ -34,8 +34,10 @@ if not __package__:
 
 from benchmarks._common import REPO, RESULTS, markdown_table, mean_se, sign_test_p, t_interval, write_results
 from experiments.arithmetic_window import PAPER, SAMPLERS
+from mdlm.results import replace_readme_section
 
 OUT_DIR = RESULTS / "sft_shared_base"
+START, END = "<!-- sft-shared-base:start -->", "<!-- sft-shared-base:end -->"
 BASE_RUN = "sft_shared_base/base"
 BASE_SEED = 0
 WINDOWS = ["window_0.5_1", "window_0.45_0.55", "uniform_0_1"]
@@ -139,6 +141,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--parallel", type=int, default=1, help="fine-tunes at once (one thread each)")
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--out", default=str(RESULTS / "sft_shared_base.json"))
+    p.add_argument("--docs", default=None, help="rewrite the generated table in this page (docs/arithmetic.md)")
     args = p.parse_args(argv)
     if not args.report_only:
         train_base(args.base_steps)
@@ -147,6 +150,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             list(pool.map(lambda job: finetune(*job, args.finetune_steps), jobs))
     data = report(args.seeds)
     write_results(Path(args.out), data, markdown)
+    if args.docs:
+        replace_readme_section(args.docs, START, END, markdown(data).strip())
     return data
 
 

@@ -56,3 +56,14 @@ def test_report_pairs_windows_with_uniform_by_seed(monkeypatch, tmp_path):
     assert data["base"]["accuracy"] == 0.1
     text = sb.markdown(data)
     assert "Base: 1500 steps with U[0, 1], accuracy 0.100" in text and "| window_0.5_1 | +0.100, +0.150, +0.050 |" in text
+
+
+def test_docs_table_matches_the_result_files():
+    from conftest import marked_section
+
+    path = REPO / "benchmarks" / "results" / "sft_shared_base.json"
+    section = marked_section((REPO / "docs" / "arithmetic.md").read_text(), sb.START, sb.END)
+    if not path.is_file():
+        assert not section, "docs/arithmetic.md has a shared-base table but no sft_shared_base.json"
+        return
+    assert section == sb.markdown(json.loads(path.read_text())).strip()
