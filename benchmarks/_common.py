@@ -157,6 +157,21 @@ def t_interval(diffs: Sequence[float], level: float = 0.95) -> tuple[float, floa
     return mean, mean - half, mean + half
 
 
+def paired_differences(a: dict[int, float], b: dict[int, float]) -> dict[str, Any] | None:
+    """``a − b`` per seed on the seeds both have (None if none): the differences (rounded to 4 digits),
+    mean ± s.e., their s.d., the 95 % Student-t interval, wins/ties/losses and the exact sign test."""
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return None
+    diffs = [a[s] - b[s] for s in seeds]
+    mean, lo, hi = t_interval(diffs)
+    se = mean_se(diffs)[1]
+    wins, losses = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
+    return {"seeds": seeds, "differences": [round(d, 4) for d in diffs], "mean": mean, "se": se,
+            "sd": se * math.sqrt(len(diffs)), "ci95": [lo, hi], "wins": wins, "ties": len(diffs) - wins - losses,
+            "losses": losses, "sign_test_p": sign_test_p(wins, losses)}
+
+
 def sign_test_p(wins: int, losses: int) -> float:
     """Exact two-sided sign test: ``min(1, 2 P[X <= min(wins, losses)])`` for ``X ~ Binomial(wins + losses, 1/2)``.
 

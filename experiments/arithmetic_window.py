@@ -29,7 +29,7 @@ from typing import Any
 if not __package__:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import REPO, RESULTS, markdown_table, mean_se, sign_test_p, write_results
+from benchmarks._common import REPO, RESULTS, markdown_table, mean_se, paired_differences, write_results
 
 #: sampler name -> the CLI arguments that select it (the config's own sampler is the [0.5, 1] window)
 SAMPLERS: dict[str, list[str]] = {
@@ -84,16 +84,11 @@ def report(samplers: list[str], seeds: list[int]) -> dict[str, Any]:
 
 
 def paired(a: str, b: str, seeds: list[int]) -> dict[str, Any] | None:
-    """Accuracy of sampler ``a`` minus ``b`` on the seeds both have: mean ± s.e., wins/ties/losses, sign test."""
-    common = [s for s in seeds if run_file(a, s).is_file() and run_file(b, s).is_file()]
-    if not common:
-        return None
-    acc = {name: [json.loads(run_file(name, s).read_text())["test"]["accuracy"] for s in common] for name in (a, b)}
-    diffs = [x - y for x, y in zip(acc[a], acc[b])]
-    mean, se = mean_se(diffs)
-    wins, losses = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
-    return {"a": a, "b": b, "seeds": common, "differences": [round(d, 4) for d in diffs], "mean": mean, "se": se,
-            "wins": wins, "ties": len(diffs) - wins - losses, "losses": losses, "sign_test_p": sign_test_p(wins, losses)}
+    """Accuracy of sampler ``a`` minus ``b`` on the seeds both have (:func:`benchmarks._common.paired_differences`)."""
+    acc = {name: {s: json.loads(run_file(name, s).read_text())["test"]["accuracy"] for s in seeds
+                  if run_file(name, s).is_file()} for name in (a, b)}
+    d = paired_differences(acc[a], acc[b])
+    return None if d is None else {"a": a, "b": b, **d}
 
 
 def markdown(data: dict[str, Any]) -> str:

@@ -30,14 +30,12 @@ from typing import Any
 if not __package__:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import wikitext_ablation
 from benchmarks._common import RESULTS, markdown_table, t_interval, write_results
 from benchmarks.parity_report import summarize
 from mdlm.results import replace_readme_section
 
 START, END = "<!-- paper-effects:start -->", "<!-- paper-effects:end -->"
-#: Huang & Mirzasoleiman (ICML 2026), Fig. 4: 50M model, test loss over t in [0, 1] after 6,000 steps (≈)
-PAPER_UCURVE = [4.756, 3.984, 3.792, 3.678, 3.615, 3.617, 3.793, 4.005, 4.065, 4.812]
-PAPER_UCURVE_UNIFORM = 3.880
 
 
 def verdict_paired(lo: float, hi: float, better_is_positive: bool = True) -> str:
@@ -140,27 +138,24 @@ def sft_shared_base(path: Path) -> dict[str, Any]:
 
 
 def u_curve(path: Path) -> dict[str, Any]:
-    runs = _load(path)["runs"]
-    nelbo = {(r["name"], r["seed"]): r["final"]["val/nelbo"] for r in runs}
-    seeds = sorted({s for _, s in nelbo})
-    bins = [f"bin{j}" for j in range(10)]
-    diffs = {b: [nelbo[(b, s)] - nelbo[("uniform", s)] for s in seeds if (b, s) in nelbo and ("uniform", s) in nelbo]
-             for b in bins}
-    per_bin = {b: t_interval(d) for b, d in diffs.items()}
-    best = min(bins, key=lambda b: per_bin[b][0])
-    better = [b for b in bins if per_bin[b][2] < 0]   # interval entirely below U[0, 1]
-    worse = [b for b in bins if per_bin[b][1] > 0]
+    """The ten bins paired with U[0, 1] of the same seed (:func:`benchmarks.wikitext_ablation.paired`)."""
+    results = _load(path)
+    pairs = wikitext_ablation.paired(results)
+    per_bin = {b: [p["mean"], *p["ci95"]] for b, p in pairs.items()}
+    best = min(per_bin, key=lambda b: per_bin[b][0])
+    better = [b for b, p in pairs.items() if p["vs_uniform"] == "better"]  # interval entirely below U[0, 1]
+    worse = [b for b, p in pairs.items() if p["vs_uniform"] == "worse"]
     j = int(best[3:])
-    paper_best = min(range(10), key=lambda i: PAPER_UCURVE[i])
+    paper_best = min(range(10), key=lambda i: wikitext_ablation.PAPER[i])
     mean, lo, hi = per_bin[best]
     here = (f"best bin [{j / 10:.1f}, {(j + 1) / 10:.1f}]: {mean:+.3f} nats vs U[0, 1], 95 % interval "
-            f"[{lo:+.3f}, {hi:+.3f}] (n = {len(diffs[best])} seeds, paired); bins resolved better than U[0, 1]: "
+            f"[{lo:+.3f}, {hi:+.3f}] (n = {pairs[best]['n']} seeds, paired); bins resolved better than U[0, 1]: "
             f"{len(better)}, worse: {len(worse)} of 10")
     return {"effect": "U-curve: mid-t windows beat U[0, 1] and the extremes on text",
             "paper": (f"50M, WikiText: best bin [{paper_best / 10:.1f}, {(paper_best + 1) / 10:.1f}] "
-                      f"{PAPER_UCURVE[paper_best]:.3f} vs U[0, 1] {PAPER_UCURVE_UNIFORM:.3f}"),
-            "here": here + " — tiny model, 300 steps", "seeds": seeds,
-            "per_bin": {b: list(v) for b, v in per_bin.items()},
+                      f"{wikitext_ablation.PAPER[paper_best]:.3f} vs U[0, 1] {wikitext_ablation.PAPER_UNIFORM:.3f}"),
+            "here": here + " — tiny model, 300 steps", "seeds": sorted({r["seed"] for r in results["runs"]}),
+            "per_bin": per_bin,
             "verdict": verdict_paired(lo, hi, better_is_positive=False), "details": "docs/data.md"}
 
 

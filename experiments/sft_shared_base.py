@@ -32,7 +32,7 @@ from typing import Any
 if not __package__:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import REPO, RESULTS, markdown_table, mean_se, sign_test_p, t_interval, write_results
+from benchmarks._common import REPO, RESULTS, markdown_table, mean_se, paired_differences, write_results
 from experiments.arithmetic_window import PAPER, SAMPLERS
 from mdlm.results import replace_readme_section
 
@@ -99,16 +99,9 @@ def report(seeds: list[int]) -> dict[str, Any]:
                 **dict(zip(("mean", "se"), mean_se([a[s] for s in sorted(a)])))} for w, a in acc.items()}
     paired = {}
     for window in (w for w in WINDOWS if w != BASELINE and w in acc and BASELINE in acc):
-        common = sorted(set(acc[window]) & set(acc[BASELINE]))
-        if not common:
-            continue
-        diffs = [acc[window][s] - acc[BASELINE][s] for s in common]
-        mean, lo, hi = t_interval(diffs)
-        sd = mean_se(diffs)[1] * math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
-        wins, losses = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
-        paired[window] = {"seeds": common, "differences": [round(d, 4) for d in diffs], "mean": mean, "ci95": [lo, hi],
-                          "sd": sd, "sign_test_p": sign_test_p(wins, losses),
-                          "seeds_for_2_points": None if math.isnan(sd) else seeds_for_effect(sd)}
+        d = paired_differences(acc[window], acc[BASELINE])
+        if d is not None:
+            paired[window] = {**d, "seeds_for_2_points": None if math.isnan(d["sd"]) else seeds_for_effect(d["sd"])}
     return {"experiment": "sft_shared_base", "config": "configs/sft_arithmetic.yaml",
             "base": None if base is None else {"accuracy": base["test"]["accuracy"], "steps": base["train"]["optimizer_steps"],
                                                "command": base["commands"]["fit"]},

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from benchmarks._common import sign_test_p
 from experiments import arithmetic_window as aw
 
 
@@ -14,7 +15,7 @@ from experiments import arithmetic_window as aw
     [(6, 0, 2 / 64), (5, 1, 2 * 7 / 64), (3, 3, 1.0), (2, 1, 1.0), (10, 0, 2 / 1024), (0, 0, 1.0)],
 )
 def test_sign_test_matches_the_binomial_tail(wins, losses, p):
-    assert aw.sign_test_p(wins, losses) == pytest.approx(p)
+    assert sign_test_p(wins, losses) == pytest.approx(p)
 
 
 def test_paired_uses_only_seeds_both_samplers_have(tmp_path, monkeypatch):
