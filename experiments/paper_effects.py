@@ -10,6 +10,9 @@ Sources: ``benchmarks/results/parity_contrast/*_seed*.json`` ((20, 6), ``experim
 ``benchmarks/results/arithmetic_window.json`` (SFT window, ``experiments/arithmetic_window.py``),
 ``benchmarks/results/wikitext_ablation.json`` (U-curve, ``benchmarks/wikitext_ablation.py``).
 
+Below the table, the compute of each part of issue 14 (:func:`compute_spent`): core-hours planned where a plan
+was written before the runs, and spent (wall time × threads, summed from the same result files).
+
 Verdicts follow fixed rules (:func:`verdict_parity`, :func:`verdict_paired`), never edited by hand:
 
 - **reproduced**: the paper's effect and its size at the paper's setting;
@@ -159,6 +162,59 @@ def u_curve(path: Path) -> dict[str, Any]:
             "verdict": verdict_paired(lo, hi, better_is_positive=False), "details": "docs/data.md"}
 
 
+# Plans written before the runs (core-hours), with where they were written; a part without one shows "—".
+PLANNED_CORE_HOURS: dict[str, tuple[float, str]] = {
+    "ucurve_small": (4.0, "docs/data.md: 55 runs × 3–6 min ≈ 3–4 core-hours; the issue's cap ≤ 4"),
+}
+
+
+def _core_hours(seconds: float, threads: int | None) -> float:
+    return seconds * (threads or 1) / 3600
+
+
+def compute_spent(results: Path = RESULTS) -> list[dict[str, Any]]:
+    """Core-hours per part of the issue: planned (where a plan was written before running) vs spent, the
+    sum over the part's runs of wall time × threads (training and, where recorded, testing)."""
+    from experiments import parity_contrast
+
+    rows = []
+    if (results / "parity_contrast").is_dir():
+        b = parity_contrast.report()["budget"]
+        rows.append({"part": "parity (20, 6): contrast + model-change probe", "planned": b["total_core_hours"],
+                     "plan_source": "experiments/parity_contrast.py --budget",
+                     "runs": sum(r["seeds_run"] for r in b["rows"]), "spent": b["total_spent_core_hours"]})
+    if (results / "arithmetic_window.json").is_file():
+        data = _load(results / "arithmetic_window.json")["rows"]
+        secs = [s for r in data.values() for s in r.get("train_wall_time_s", [])]
+        rows.append({"part": "SFT window from scratch (training only)", "planned": None, "plan_source": None,
+                     "runs": len(secs), "spent": sum(_core_hours(s, 1) for s in secs)})
+    shared = sorted((results / "sft_shared_base").glob("*.json"))
+    if shared:
+        runs = [_load(f) for f in shared]
+        rows.append({"part": "SFT from one shared base (base + fine-tunes, with tests)", "planned": None,
+                     "plan_source": None, "runs": len(runs),
+                     "spent": sum(_core_hours(r["train"]["wall_time_s"] + r["test"]["wall_time_s"], r.get("threads"))
+                                  for r in runs)})
+    if (results / "ucurve_small.json").is_file():
+        runs = _load(results / "ucurve_small.json")["runs"]
+        planned, source = PLANNED_CORE_HOURS["ucurve_small"]
+        rows.append({"part": "U-curve, ten bins + U[0, 1] (ucurve_small)", "planned": planned, "plan_source": source,
+                     "runs": len(runs), "spent": sum(_core_hours(r["wall_time_s"], r.get("threads")) for r in runs)})
+    for r in rows:
+        r["spent"] = round(r["spent"], 2)
+    return rows
+
+
+def compute_markdown(rows: list[dict[str, Any]]) -> str:
+    body = [[r["part"], r["runs"], "—" if r["planned"] is None else f"{r['planned']:.1f} ({r['plan_source']})",
+             f"{r['spent']:.1f}"] for r in rows]
+    total = sum(r["spent"] for r in rows)
+    return "\n".join([
+        f"Compute of these measurements (issue 14's estimate: ≥ 12 core-hours): {total:.1f} core-hours spent "
+        "(wall time × threads of every run; machines and loads in each part's page).", "",
+        markdown_table(["part", "runs", "core-hours planned (where)", "core-hours spent"], body)])
+
+
 def collect(results: Path = RESULTS) -> dict[str, Any]:
     """Every effect whose result file exists (the shared-base SFT and the small U-curve join when run)."""
     effects = [parity_20_6(results / "parity_contrast"), parity_14_3(results / "parity.json"),
@@ -170,13 +226,14 @@ def collect(results: Path = RESULTS) -> dict[str, Any]:
         small = u_curve(results / "ucurve_small.json")
         small["here"] = small["here"].replace("tiny model, 300 steps", "512-token BPE, 64-token blocks, 1,000 steps")
         effects.append(small)
-    return {"effects": effects}
+    return {"effects": effects, "compute": compute_spent(results)}
 
 
 def markdown(data: dict[str, Any]) -> str:
     rows = [[e["effect"], e["paper"], e["here"], f"**{e['verdict']}**", f"[{e['details']}]({e['details']})"]
             for e in data["effects"]]
-    return markdown_table(["effect", "paper (≈)", "this framework", "verdict", "details"], rows)
+    table = markdown_table(["effect", "paper (≈)", "this framework", "verdict", "details"], rows)
+    return table + ("\n\n" + compute_markdown(data["compute"]) if data.get("compute") else "")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -67,3 +67,19 @@ def test_shared_base_row_reads_the_experiments_report(tmp_path):
     path.write_text(json.dumps(data))
     row = pe.sft_shared_base(path)
     assert row["verdict"] == "direction only" and "(base 0.050)" in row["here"] and "n = 3 seeds" in row["here"]
+
+
+def test_compute_table_sums_wall_time_times_threads(tmp_path):
+    """Core-hours spent = Σ wall seconds × threads / 3600, per part; the plan is shown only where one was written."""
+    (tmp_path / "sft_shared_base").mkdir()
+    for name, train_s, test_s, threads in [("base", 1800.0, 60.0, 1), ("uniform_0_1_seed0", 900.0, 90.0, 2)]:
+        (tmp_path / "sft_shared_base" / f"{name}.json").write_text(json.dumps(
+            {"train": {"wall_time_s": train_s}, "test": {"wall_time_s": test_s}, "threads": threads}))
+    (tmp_path / "ucurve_small.json").write_text(json.dumps(
+        {"runs": [{"wall_time_s": 3600.0, "threads": 1}, {"wall_time_s": 1800.0, "threads": 2}]}))
+    rows = {r["part"].split(" (")[0].split(",")[0]: r for r in pe.compute_spent(tmp_path)}
+    assert rows["SFT from one shared base"]["spent"] == pytest.approx((1860 + 990 * 2) / 3600, abs=0.005)
+    assert rows["SFT from one shared base"]["runs"] == 2 and rows["SFT from one shared base"]["planned"] is None
+    assert rows["U-curve"]["spent"] == pytest.approx(2.0) and rows["U-curve"]["planned"] == 4.0
+    text = pe.compute_markdown(list(rows.values()))
+    assert "3.1 core-hours spent" in text and "| — |" in text
