@@ -225,6 +225,7 @@ def collect(results: Path = RESULTS) -> dict[str, Any]:
     if (results / "ucurve_small.json").is_file():
         small = u_curve(results / "ucurve_small.json")
         small["here"] = small["here"].replace("tiny model, 300 steps", "512-token BPE, 64-token blocks, 1,000 steps")
+        small["effect"] = "U-curve at a scale that learns past unigram statistics (configs/presets/ucurve_small.yaml)"
         effects.append(small)
     return {"effects": effects, "compute": compute_spent(results)}
 
