@@ -178,7 +178,7 @@ def compute_spent(results: Path = RESULTS) -> list[dict[str, Any]]:
     from experiments import parity_contrast
 
     rows = []
-    if (results / "parity_contrast").is_dir():
+    if (results / "parity_contrast").resolve() == parity_contrast.OUT_DIR.resolve():  # its report reads OUT_DIR
         b = parity_contrast.report()["budget"]
         rows.append({"part": "parity (20, 6): contrast + model-change probe", "planned": b["total_core_hours"],
                      "plan_source": "experiments/parity_contrast.py --budget",
