@@ -34,7 +34,7 @@ if not __package__:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import wikitext_ablation
-from benchmarks._common import RESULTS, markdown_table, t_interval, write_results
+from benchmarks._common import RESULTS, markdown_table, write_results
 from benchmarks.parity_report import summarize
 from mdlm.results import replace_readme_section
 
@@ -110,9 +110,9 @@ def parity_14_3(path: Path) -> dict[str, Any]:
 
 def sft_window(path: Path) -> dict[str, Any]:
     data = _load(path)
-    paired = data["paired"]
+    paired = data["paired"]  # benchmarks._common.paired_differences, written by experiments/arithmetic_window.py
     diffs = paired["differences"]
-    mean, lo, hi = t_interval(diffs)
+    mean, (lo, hi) = paired["mean"], paired["ci95"]
     rows = data["rows"]
     win, uni = rows["window_0.5_1"], rows["uniform_0_1"]
     here = (f"accuracy U[0.5, 1] {win['mean']:.3f} ± {win['se']:.3f} vs U[0, 1] {uni['mean']:.3f} ± {uni['se']:.3f} "
@@ -140,7 +140,8 @@ def sft_shared_base(path: Path) -> dict[str, Any]:
             "verdict": verdict_paired(lo, hi), "details": "docs/arithmetic.md"}
 
 
-def u_curve(path: Path) -> dict[str, Any]:
+def u_curve(path: Path, setting: str = "tiny model, 300 steps",
+            effect: str = "U-curve: mid-t windows beat U[0, 1] and the extremes on text") -> dict[str, Any]:
     """The ten bins paired with U[0, 1] of the same seed (:func:`benchmarks.wikitext_ablation.paired`)."""
     results = _load(path)
     pairs = wikitext_ablation.paired(results)
@@ -154,10 +155,10 @@ def u_curve(path: Path) -> dict[str, Any]:
     here = (f"best bin [{j / 10:.1f}, {(j + 1) / 10:.1f}]: {mean:+.3f} nats vs U[0, 1], 95 % interval "
             f"[{lo:+.3f}, {hi:+.3f}] (n = {pairs[best]['n']} seeds, paired); bins resolved better than U[0, 1]: "
             f"{len(better)}, worse: {len(worse)} of 10")
-    return {"effect": "U-curve: mid-t windows beat U[0, 1] and the extremes on text",
+    return {"effect": effect,
             "paper": (f"50M, WikiText: best bin [{paper_best / 10:.1f}, {(paper_best + 1) / 10:.1f}] "
                       f"{wikitext_ablation.PAPER[paper_best]:.3f} vs U[0, 1] {wikitext_ablation.PAPER_UNIFORM:.3f}"),
-            "here": here + " — tiny model, 300 steps", "seeds": sorted({r["seed"] for r in results["runs"]}),
+            "here": f"{here} — {setting}", "seeds": sorted({r["seed"] for r in results["runs"]}),
             "per_bin": per_bin,
             "verdict": verdict_paired(lo, hi, better_is_positive=False), "details": "docs/data.md"}
 
@@ -223,10 +224,9 @@ def collect(results: Path = RESULTS) -> dict[str, Any]:
         effects.append(sft_shared_base(results / "sft_shared_base.json"))
     effects.append(u_curve(results / "wikitext_ablation.json"))
     if (results / "ucurve_small.json").is_file():
-        small = u_curve(results / "ucurve_small.json")
-        small["here"] = small["here"].replace("tiny model, 300 steps", "512-token BPE, 64-token blocks, 1,000 steps")
-        small["effect"] = "U-curve at a scale that learns past unigram statistics (configs/presets/ucurve_small.yaml)"
-        effects.append(small)
+        effects.append(u_curve(results / "ucurve_small.json", setting="512-token BPE, 64-token blocks, 1,000 steps",
+                               effect="U-curve at a scale that learns past unigram statistics "
+                                      "(configs/presets/ucurve_small.yaml)"))
     return {"effects": effects, "compute": compute_spent(results)}
 
 

@@ -10,6 +10,7 @@ import pytest
 from conftest import REPO_ROOT as REPO
 from conftest import marked_section
 
+from benchmarks._common import t_interval
 from experiments import paper_effects as pe
 
 
@@ -18,10 +19,10 @@ def test_readme_effects_table_matches_the_result_files():
 
 
 def test_t_interval_by_hand():
-    mean, lo, hi = pe.t_interval([1.0, 2.0, 3.0])
+    mean, lo, hi = t_interval([1.0, 2.0, 3.0])
     half = 4.302653 * 1.0 / math.sqrt(3)  # t_{0.975, 2} · s / sqrt(n), s = 1
     assert (mean, lo, hi) == pytest.approx((2.0, 2.0 - half, 2.0 + half), rel=1e-6)
-    assert math.isnan(pe.t_interval([1.0])[1])
+    assert math.isnan(t_interval([1.0])[1])
 
 
 def test_paired_verdict_needs_the_interval_on_the_papers_side():
